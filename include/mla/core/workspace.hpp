@@ -1,0 +1,105 @@
+// Scratch memory for one forward call. Layers take every temporary buffer from a Workspace the
+// caller owns (one per thread or sequence, the layer itself stays immutable and shareable), so a
+// decode step allocates nothing once the workspace has seen a step of that size: the first call
+// may add chunks, the next reset() merges them into one block big enough for the whole call, and
+// from then on take() only bumps an offset.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "mla/core/types.hpp"
+
+namespace mla {
+
+class Workspace {
+ public:
+  Workspace() = default;
+  explicit Workspace(std::size_t bytes) { reserve(bytes); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  Workspace(Workspace&&) = default;
+  Workspace& operator=(Workspace&&) = default;
+
+  /// Makes sure one block of at least `bytes` exists (allocates now rather than in a hot call).
+  void reserve(std::size_t bytes) {
+    if (chunks_.size() == 1 && chunks_[0].size >= bytes) return;
+    chunks_.clear();
+    add_chunk(bytes);
+    offset_ = 0;
+  }
+
+  /// Releases everything taken since the last reset. If the last call needed more than one
+  /// block, they are merged into one block of the total size (the only allocation after
+  /// warm-up, and only after a call that was bigger than any before it).
+  void reset() {
+    if (chunks_.size() > 1) {
+      std::size_t total = 0;
+      for (const Chunk& c : chunks_) total += c.size;
+      chunks_.clear();
+      add_chunk(total);
+    }
+    current_ = 0;
+    offset_ = 0;
+  }
+
+  /// `n` uninitialised elements of T, 64-byte aligned, valid until the next reset().
+  template <class T>
+  T* take(std::size_t n) {
+    const std::size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
+    if (chunks_.empty() || offset_ + bytes > chunks_[current_].size) {
+      // Move on to a later chunk with room, else add one.
+      std::size_t next = chunks_.empty() ? 0 : current_ + 1;
+      while (next < chunks_.size() && chunks_[next].size < bytes) ++next;
+      if (next >= chunks_.size()) {
+        add_chunk(std::max<std::size_t>(bytes, kMinChunk));
+        next = chunks_.size() - 1;
+      }
+      current_ = next;
+      offset_ = 0;
+    }
+    void* p = chunks_[current_].data.get() + offset_;
+    offset_ += bytes;
+    return static_cast<T*>(p);
+  }
+
+  /// A [rows, cols] row-major matrix view on workspace memory.
+  template <class Scalar>
+  MatrixMap<Scalar> matrix(Index rows, Index cols) {
+    return MatrixMap<Scalar>(take<Scalar>(static_cast<std::size_t>(rows * cols)), rows, cols);
+  }
+
+  /// Bytes held.
+  std::size_t bytes_reserved() const {
+    std::size_t total = 0;
+    for (const Chunk& c : chunks_) total += c.size;
+    return total;
+  }
+
+ private:
+  static constexpr std::size_t kAlign = 64;
+  static constexpr std::size_t kMinChunk = 1 << 16;
+  struct AlignedDelete {
+    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t(kAlign)); }
+  };
+  struct Chunk {
+    std::unique_ptr<std::byte[], AlignedDelete> data;
+    std::size_t size = 0;
+  };
+  void add_chunk(std::size_t bytes) {
+    Chunk c;
+    c.data.reset(static_cast<std::byte*>(::operator new[](bytes, std::align_val_t(kAlign))));
+    c.size = bytes;
+    chunks_.push_back(std::move(c));
+  }
+
+  std::vector<Chunk> chunks_;
+  std::size_t current_ = 0;
+  std::size_t offset_ = 0;
+};
+
+}  // namespace mla

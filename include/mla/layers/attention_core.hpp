@@ -1,0 +1,89 @@
+// Plain (Eigen GEMM) attention cores shared by the layers: softmax(scale * Q K^T) V per head over
+// a KvCache, and the MLA absorbed core over a LatentCache. These are the generic paths used for
+// every scalar type (double included); float layers dispatch to the fast kernels in
+// mla/kernels/ where those apply, and tests compare the two.
+//
+// Causality: the T new tokens are the last T rows of the cache, so new token t sees cache rows
+// [0, L - T + t], L = cache.size() after the append.
+#pragma once
+
+#include <type_traits>
+
+#include "mla/cache/kv_cache.hpp"
+#include "mla/cache/latent_cache.hpp"
+#include "mla/core/types.hpp"
+#include "mla/core/workspace.hpp"
+#include "mla/ops/softmax.hpp"
+
+namespace mla::internal {
+
+template <class Scalar>
+using StridedConstMap = Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+template <class Scalar>
+using StridedMap = Eigen::Map<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+
+/// Views `rows` x `cols` cache elements as Scalar: a zero-copy map when the element type is
+/// Scalar, else a converted copy in workspace memory.
+template <class Scalar, class T>
+ConstMatrixMap<Scalar> as_scalar(const T* data, Index rows, Index cols, Workspace& ws) {
+  if constexpr (std::is_same_v<T, Scalar>) {
+    return ConstMatrixMap<Scalar>(data, rows, cols);
+  } else {
+    Scalar* dst = ws.take<Scalar>(static_cast<std::size_t>(rows * cols));
+    for (Index i = 0; i < rows * cols; ++i) dst[i] = static_cast<Scalar>(data[i]);
+    return ConstMatrixMap<Scalar>(dst, rows, cols);
+  }
+}
+
+/// Multi-head attention of T new tokens over a KvCache (which already holds them).
+///   q    [T, H, D]   (token rows `q_stride` apart), RoPE applied
+///   out  [T, H, Dv]  (token rows `out_stride` apart)
+/// Query head h reads KV head h / (H / kv_heads).
+template <class Scalar, class T>
+void gqa_attention_generic(const Scalar* q, Index q_stride, Index num_tokens, Index num_heads,
+                           const KvCache<T>& cache, double scale, Scalar* out,
+                           Index out_stride, Workspace& ws) {
+  const Index L = cache.size();
+  const Index D = cache.head_dim(), Dv = cache.v_dim();
+  const Index group = num_heads / cache.kv_heads();
+  const Index first_visible = L - num_tokens + 1;  // rows token 0 sees
+  MatrixMap<Scalar> s = ws.matrix<Scalar>(num_tokens, L);
+  for (Index g = 0; g < cache.kv_heads(); ++g) {
+    const auto k = as_scalar<Scalar>(cache.k_head(g), L, D, ws);
+    const auto v = as_scalar<Scalar>(cache.v_head(g), L, Dv, ws);
+    for (Index h = g * group; h < (g + 1) * group; ++h) {
+      StridedConstMap<Scalar> qh(q + h * D, num_tokens, D, Eigen::OuterStride<>(q_stride));
+      StridedMap<Scalar> oh(out + h * Dv, num_tokens, Dv, Eigen::OuterStride<>(out_stride));
+      s.noalias() = qh * k.transpose();
+      s *= static_cast<Scalar>(scale);
+      softmax_rows_masked(s, [&](Index t) { return first_visible + t; });
+      oh.noalias() = s * v;
+    }
+  }
+}
+
+/// MLA absorbed attention over the latent cache, for T new tokens (the last T cache rows).
+///   q_abs [T, H, R+P]: per head [q_lat = W_UK^T q_nope | q_pe (rotated)]
+///   o_lat [T, H, R]:   sum_j p_j c_kv_j
+/// score_j = scale * (q_lat . c_kv_j + q_pe . k_pe_j) = scale * (q_abs . row_j): one product
+/// against the whole cache row, for all heads of a token at once.
+template <class Scalar, class T>
+void absorbed_attention_generic(const Scalar* q_abs, Index num_tokens, Index num_heads,
+                                const LatentCache<T>& cache, double scale, Scalar* o_lat,
+                                Workspace& ws) {
+  const Index L = cache.size(), R = cache.kv_lora_rank(), W = cache.row_dim();
+  const auto c = as_scalar<Scalar>(cache.data(), L, W, ws);
+  MatrixMap<Scalar> s = ws.matrix<Scalar>(num_heads, L);
+  for (Index t = 0; t < num_tokens; ++t) {
+    const Index visible = L - num_tokens + 1 + t;
+    ConstMatrixMap<Scalar> qt(q_abs + t * num_heads * W, num_heads, W);
+    MatrixMap<Scalar> ot(o_lat + t * num_heads * R, num_heads, R);
+    auto st = s.leftCols(visible);
+    st.noalias() = qt * c.topRows(visible).transpose();
+    st *= static_cast<Scalar>(scale);
+    for (Index h = 0; h < num_heads; ++h) softmax_inplace(&st(h, 0), visible);
+    ot.noalias() = st * c.topRows(visible).leftCols(R);
+  }
+}
+
+}  // namespace mla::internal

@@ -1,0 +1,477 @@
+// Fast absorbed-MLA decode attention: softmax(scale * (Q_lat C^T + Q_pe P^T)) C over a latent
+// cache of rows [c_kv | k_pe], for all M = q_len * num_heads query rows at once. This is the
+// attention core of DeepSeek-V2/V3 inference with W_UK / W_UV absorbed (FlashMLA's decode kernel;
+// kv_lora 512, rope 64, 128 heads). Reference: mla::reference::absorbed_attention.
+//
+// With 128 query rows every cache row feeds 128 * (576 + 512) multiply-adds, so the kernel is
+// compute bound and is written as two register-blocked GEMM micro-kernels around an online softmax
+// (flash decoding). Per tile of kTileRows cache rows:
+//   S^T[t, m] = Q[m, :] . row_t[0 : kv_lora + rope]  (Q = [q_lat | q_pe] pre-scaled by scale*log2 e)
+//   online softmax over t for every m (running max / sum per row, base 2)
+//   O[m, :] = alpha_m * O[m, :] + sum_t P^T[t, m] row_t[0 : kv_lora]
+// The concatenated row [c_kv | k_pe] is exactly the cache row, so the first GEMM has a single
+// K = kv_lora + rope loop. Threads split the cache rows (split-KV); each split keeps a partial
+// (O, max, sum) in the workspace and a log-sum-exp combine merges them at the end.
+//
+// Memory layout (fixed, written by the cache code): row-major [capacity, kv_lora + rope] of float
+// or bfloat16; the kernel reads rows 0 .. cache_len - 1 at `row_stride` elements apart.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+#include <type_traits>
+
+#include "mla/core/check.hpp"
+#include "mla/core/threading.hpp"
+#include "mla/core/types.hpp"
+#include "mla/kernels/decode_common.hpp"
+
+namespace mla {
+namespace internal {
+
+// Tile and block sizes, chosen for this class of core (Zen 3/4: 32 KiB L1d, 512 KiB-1 MiB L2,
+// two 256-bit FMA pipes with 4-cycle latency, so >= 8 independent accumulators are needed):
+// - Micro-kernels are 16 x 6 (scores: 16 query rows in two ymm x 6 cache rows) and 6 x 16
+//   (output: 6 query rows x 16 latent columns): 12 accumulators + 2 loads + 1 broadcast = 15 of
+//   the 16 ymm registers, 8 loads per 12 FMAs.
+// - kTileRows = 64 cache rows per softmax step: the tile (64 x 576 floats = 144 KiB), the packed
+//   query (128 x 576 = 288 KiB), the output accumulator (128 x 512 = 256 KiB) and S^T (64 x 128 =
+//   32 KiB) together stay inside a 1 MiB L2, while the 6 cache rows of one scores block (13.5 KiB)
+//   and the 64 x 16 column strip of one output block (4 KiB) stay in L1. A larger tile would spill
+//   L2; a smaller one reloads and rescales the 256 KiB accumulator more often per FLOP.
+// - kRowsPerPass = 128 query rows per pass over the cache: M = 256 (2 tokens x 128 heads) would
+//   double the query and accumulator and spill L2; re-reading the cache per pass instead costs
+//   only ~2.3 KB of memory traffic per 280 kFLOP.
+inline constexpr Index kMlaTileRows = 64;
+inline constexpr Index kMlaPanel = 16;
+inline constexpr Index kMlaRowsPerPass = 128;
+// Fewer cache rows than this per split and the split-KV bookkeeping outweighs the work.
+inline constexpr Index kMlaMinRowsPerSplit = 32;
+
+/// Where each piece of an absorbed-attention workspace lives (see AbsorbedAttentionWorkspace).
+struct AbsorbedLayout {
+  Index rows = 0;         // M
+  Index row_dim = 0;      // K = kv_lora + rope
+  Index o_stride = 0;     // kv_lora rounded up to 16
+  Index pass_rows16 = 0;  // min(M, kMlaRowsPerPass) rounded up to 16
+  float* q_packed = nullptr;  // [ceil(M / 16)][K][16], zero rows past M
+  float* part_o = nullptr;    // [threads][M][o_stride] unnormalised split outputs
+  float* part_max = nullptr;  // [threads][M] running max (base-2 scores)
+  float* part_sum = nullptr;  // [threads][M] running sum of 2^(s - max)
+  float* scratch = nullptr;   // [threads][scratch_stride]
+  Index scratch_stride = 0;
+  Index total = 0;            // floats used
+
+  AbsorbedLayout(float* base, Index m, Index kv_lora, Index rope, int threads) {
+    rows = m;
+    row_dim = kv_lora + rope;
+    o_stride = round_up(kv_lora, 16);
+    pass_rows16 = round_up(std::min(m, kMlaRowsPerPass), kMlaPanel);
+    FloatArena per_thread;
+    per_thread.take(kMlaTileRows * pass_rows16);        // S^T / P^T tile
+    per_thread.take(kMlaTileRows * round_up(row_dim, 8));  // bf16 tile widened to float
+    per_thread.take(3 * pass_rows16);                   // running max, running sum, alpha
+    scratch_stride = per_thread.used();
+    FloatArena arena(base);
+    q_packed = arena.take(round_up(m, kMlaPanel) * row_dim);
+    part_o = arena.take(Index(threads) * m * o_stride);
+    part_max = arena.take(Index(threads) * m);
+    part_sum = arena.take(Index(threads) * m);
+    scratch = arena.take(Index(threads) * scratch_stride);
+    total = arena.used();
+  }
+};
+
+/// Packs [q_lat | q_pe] * qscale into 16-row panels, [panel][k][16], padding rows past M with 0.
+inline void mla_pack_query(const float* q_lat, const float* q_pe, Index m_rows, Index kv_lora,
+                           Index rope, float qscale, float* packed) {
+  const Index k_dim = kv_lora + rope;
+  const Index panels = round_up(m_rows, kMlaPanel) / kMlaPanel;
+  for (Index p = 0; p < panels; ++p) {
+    float* dst = packed + p * kMlaPanel * k_dim;
+    for (Index i = 0; i < kMlaPanel; ++i) {
+      const Index m = p * kMlaPanel + i;
+      if (m >= m_rows) {
+        for (Index k = 0; k < k_dim; ++k) dst[k * kMlaPanel + i] = 0.0f;
+        continue;
+      }
+      for (Index k = 0; k < kv_lora; ++k) dst[k * kMlaPanel + i] = q_lat[m * kv_lora + k] * qscale;
+      for (Index k = 0; k < rope; ++k)
+        dst[(kv_lora + k) * kMlaPanel + i] = q_pe[m * rope + k] * qscale;
+    }
+  }
+}
+
+/// Portable C++ tile operations (the fallback, and what kernels::KernelPath::kPortable runs).
+/// Same data layouts as the AVX2 ones; loops are written so a compiler can vectorise them.
+struct MlaPortableOps {
+  template <class T>
+  static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
+                    Index dst_stride) {
+    widen_rows_portable(src, src_stride, rows, cols, dst, dst_stride);
+  }
+
+  // st[t * lds + p * 16 + i] = sum_k q_packed[p][k][i] * rows[t * stride + k]
+  static void scores(const float* qp, Index panels, Index k_dim, const float* rows, Index stride,
+                     Index tn, float* st, Index lds) {
+    for (Index t = 0; t < tn; ++t) {
+      const float* r = rows + t * stride;
+      for (Index p = 0; p < panels; ++p) {
+        const float* q = qp + p * kMlaPanel * k_dim;
+        float acc[kMlaPanel] = {};
+        for (Index k = 0; k < k_dim; ++k)
+          for (Index i = 0; i < kMlaPanel; ++i) acc[i] += q[k * kMlaPanel + i] * r[k];
+        for (Index i = 0; i < kMlaPanel; ++i) st[t * lds + p * kMlaPanel + i] = acc[i];
+      }
+    }
+  }
+
+  // Online softmax over the tn rows of S^T, for the m16 query columns.
+  static void softmax(float* st, Index lds, Index tn, Index m16, float* run_max, float* run_sum,
+                      float* alpha) {
+    for (Index i = 0; i < m16; ++i) {
+      float tile_max = -std::numeric_limits<float>::infinity();
+      for (Index t = 0; t < tn; ++t) tile_max = std::fmax(tile_max, st[t * lds + i]);
+      const float new_max = std::fmax(run_max[i], tile_max);
+      // A row that has seen only masked scores keeps max -inf; subtract 0 instead to avoid NaN.
+      const float safe = new_max == -std::numeric_limits<float>::infinity() ? 0.0f : new_max;
+      float sum = 0.0f;
+      for (Index t = 0; t < tn; ++t) {
+        const float p = std::exp2(st[t * lds + i] - safe);
+        st[t * lds + i] = p;
+        sum += p;
+      }
+      alpha[i] = std::exp2(run_max[i] - safe);
+      run_sum[i] = run_sum[i] * alpha[i] + sum;
+      run_max[i] = new_max;
+    }
+  }
+
+  // o[i][:d] = alpha[i] * o[i][:d] + sum_t pt[t * lds + i] * rows[t * stride + :d]
+  static void accumulate(const float* pt, Index lds, Index tn, Index mc, const float* rows,
+                         Index stride, Index d_dim, float* o, Index ldo, const float* alpha) {
+    for (Index i = 0; i < mc; ++i) {
+      float* orow = o + i * ldo;
+      for (Index d = 0; d < d_dim; ++d) orow[d] *= alpha[i];
+      for (Index t = 0; t < tn; ++t) {
+        const float p = pt[t * lds + i];
+        const float* r = rows + t * stride;
+        for (Index d = 0; d < d_dim; ++d) orow[d] += p * r[d];
+      }
+    }
+  }
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+/// AVX2 + FMA tile operations.
+struct MlaAvx2Ops {
+  template <class T>
+  static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
+                    Index dst_stride) {
+    widen_rows_avx2(src, src_stride, rows, cols, dst, dst_stride);
+  }
+
+  // 16 query rows (one packed panel, two ymm) x NT cache rows; broadcasts come straight from the
+  // cache rows, so neither operand is repacked per tile.
+  template <int NT>
+  static void scores_block(const float* q, const float* rows, Index stride, Index k_dim, float* st,
+                           Index lds) {
+    __m256 acc0[NT], acc1[NT];
+    const float* r[NT];
+    for (int j = 0; j < NT; ++j) {
+      acc0[j] = _mm256_setzero_ps();
+      acc1[j] = _mm256_setzero_ps();
+      r[j] = rows + j * stride;
+    }
+    for (Index k = 0; k < k_dim; ++k) {
+      const __m256 a0 = _mm256_load_ps(q + k * kMlaPanel);
+      const __m256 a1 = _mm256_load_ps(q + k * kMlaPanel + 8);
+      for (int j = 0; j < NT; ++j) {
+        const __m256 b = _mm256_broadcast_ss(r[j] + k);
+        acc0[j] = _mm256_fmadd_ps(a0, b, acc0[j]);
+        acc1[j] = _mm256_fmadd_ps(a1, b, acc1[j]);
+      }
+    }
+    for (int j = 0; j < NT; ++j) {
+      _mm256_store_ps(st + j * lds, acc0[j]);
+      _mm256_store_ps(st + j * lds + 8, acc1[j]);
+    }
+  }
+
+  template <int NT>
+  static void scores_rows(const float* qp, Index panels, Index k_dim, const float* rows,
+                          Index stride, float* st, Index lds) {
+    for (Index p = 0; p < panels; ++p)
+      scores_block<NT>(qp + p * kMlaPanel * k_dim, rows, stride, k_dim, st + p * kMlaPanel, lds);
+  }
+
+  static void scores(const float* qp, Index panels, Index k_dim, const float* rows, Index stride,
+                     Index tn, float* st, Index lds) {
+    // Cache rows outer: the 6 rows of a block stay in L1 while the packed query streams from L2.
+    Index t = 0;
+    for (; t + 6 <= tn; t += 6) scores_rows<6>(qp, panels, k_dim, rows + t * stride, stride, st + t * lds, lds);
+    const float* r = rows + t * stride;
+    float* s = st + t * lds;
+    switch (tn - t) {
+      case 5: scores_rows<5>(qp, panels, k_dim, r, stride, s, lds); break;
+      case 4: scores_rows<4>(qp, panels, k_dim, r, stride, s, lds); break;
+      case 3: scores_rows<3>(qp, panels, k_dim, r, stride, s, lds); break;
+      case 2: scores_rows<2>(qp, panels, k_dim, r, stride, s, lds); break;
+      case 1: scores_rows<1>(qp, panels, k_dim, r, stride, s, lds); break;
+      default: break;
+    }
+  }
+
+  static void softmax(float* st, Index lds, Index tn, Index m16, float* run_max, float* run_sum,
+                      float* alpha) {
+    const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (Index i = 0; i < m16; i += 8) {
+      __m256 tile_max = neg_inf;
+      for (Index t = 0; t < tn; ++t) tile_max = _mm256_max_ps(tile_max, _mm256_load_ps(st + t * lds + i));
+      const __m256 old_max = _mm256_load_ps(run_max + i);
+      const __m256 new_max = _mm256_max_ps(old_max, tile_max);
+      // A row that has seen only masked scores keeps max -inf; subtract 0 instead to avoid NaN.
+      const __m256 safe = _mm256_blendv_ps(new_max, _mm256_setzero_ps(),
+                                           _mm256_cmp_ps(new_max, neg_inf, _CMP_EQ_OQ));
+      __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+      Index t = 0;
+      for (; t + 2 <= tn; t += 2) {
+        const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + t * lds + i), safe));
+        const __m256 p1 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + (t + 1) * lds + i), safe));
+        _mm256_store_ps(st + t * lds + i, p0);
+        _mm256_store_ps(st + (t + 1) * lds + i, p1);
+        sum0 = _mm256_add_ps(sum0, p0);
+        sum1 = _mm256_add_ps(sum1, p1);
+      }
+      if (t < tn) {
+        const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + t * lds + i), safe));
+        _mm256_store_ps(st + t * lds + i, p0);
+        sum0 = _mm256_add_ps(sum0, p0);
+      }
+      const __m256 a = exp2_avx2(_mm256_sub_ps(old_max, safe));
+      _mm256_store_ps(alpha + i, a);
+      _mm256_store_ps(run_sum + i,
+                      _mm256_fmadd_ps(_mm256_load_ps(run_sum + i), a, _mm256_add_ps(sum0, sum1)));
+      _mm256_store_ps(run_max + i, new_max);
+    }
+  }
+
+  // MR query rows x 16 latent columns over tn cache rows; the accumulator block is rescaled by
+  // alpha as it is loaded, so the online-softmax correction costs no extra pass over O.
+  template <int MR, bool kMasked>
+  static void accumulate_block(const float* pt, Index lds, Index tn, const float* rows,
+                               Index stride, float* o, Index ldo, const float* alpha,
+                               __m256i mask0, __m256i mask1) {
+    __m256 acc0[MR], acc1[MR];
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(alpha + i);
+      acc0[i] = _mm256_mul_ps(a, _mm256_load_ps(o + i * ldo));
+      acc1[i] = _mm256_mul_ps(a, _mm256_load_ps(o + i * ldo + 8));
+    }
+    for (Index t = 0; t < tn; ++t) {
+      const float* r = rows + t * stride;
+      const __m256 v0 = kMasked ? _mm256_maskload_ps(r, mask0) : _mm256_loadu_ps(r);
+      const __m256 v1 = kMasked ? _mm256_maskload_ps(r + 8, mask1) : _mm256_loadu_ps(r + 8);
+      const float* p = pt + t * lds;
+      for (int i = 0; i < MR; ++i) {
+        const __m256 b = _mm256_broadcast_ss(p + i);
+        acc0[i] = _mm256_fmadd_ps(b, v0, acc0[i]);
+        acc1[i] = _mm256_fmadd_ps(b, v1, acc1[i]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      _mm256_store_ps(o + i * ldo, acc0[i]);
+      _mm256_store_ps(o + i * ldo + 8, acc1[i]);
+    }
+  }
+
+  template <bool kMasked>
+  static void accumulate_columns(const float* pt, Index lds, Index tn, Index mc, const float* rows,
+                                 Index stride, float* o, Index ldo, const float* alpha,
+                                 __m256i mask0, __m256i mask1) {
+    Index m = 0;
+    for (; m + 6 <= mc; m += 6)
+      accumulate_block<6, kMasked>(pt + m, lds, tn, rows, stride, o + m * ldo, ldo, alpha + m, mask0, mask1);
+    const float* p = pt + m;
+    float* om = o + m * ldo;
+    const float* a = alpha + m;
+    switch (mc - m) {
+      case 5: accumulate_block<5, kMasked>(p, lds, tn, rows, stride, om, ldo, a, mask0, mask1); break;
+      case 4: accumulate_block<4, kMasked>(p, lds, tn, rows, stride, om, ldo, a, mask0, mask1); break;
+      case 3: accumulate_block<3, kMasked>(p, lds, tn, rows, stride, om, ldo, a, mask0, mask1); break;
+      case 2: accumulate_block<2, kMasked>(p, lds, tn, rows, stride, om, ldo, a, mask0, mask1); break;
+      case 1: accumulate_block<1, kMasked>(p, lds, tn, rows, stride, om, ldo, a, mask0, mask1); break;
+      default: break;
+    }
+  }
+
+  static void accumulate(const float* pt, Index lds, Index tn, Index mc, const float* rows,
+                         Index stride, Index d_dim, float* o, Index ldo, const float* alpha) {
+    // Column strips outer: one 16-wide strip of the tile (tn x 64 B) stays in L1 for all rows.
+    const Index d16 = d_dim & ~Index(15);
+    const __m256i all = _mm256_set1_epi32(-1);
+    for (Index d = 0; d < d16; d += 16)
+      accumulate_columns<false>(pt, lds, tn, mc, rows + d, stride, o + d, ldo, alpha, all, all);
+    if (d16 < d_dim) {
+      // Masked loads: the last strip must not read past the row (the tile's last row may be the
+      // last row of the caller's buffer). The padded o columns accumulate zeros.
+      const Index n = d_dim - d16;
+      accumulate_columns<true>(pt, lds, tn, mc, rows + d16, stride, o + d16, ldo, alpha,
+                               first_lanes_mask(std::min<Index>(n, 8)),
+                               first_lanes_mask(std::max<Index>(n - 8, 0)));
+    }
+  }
+};
+#endif
+
+/// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
+template <class Ops, class CacheScalar>
+void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const float* q_lat,
+                            const float* q_pe, const CacheScalar* cache, float softmax_scale,
+                            float* o_lat, float* lse, float* workspace, ThreadPool* pool) {
+  const Index m_rows = shape.rows();
+  const Index d_dim = shape.kv_lora;
+  const Index k_dim = shape.row_dim();
+  const Index cache_len = shape.cache_len;
+  const int threads = num_threads(pool);
+  const AbsorbedLayout lay(workspace, m_rows, shape.kv_lora, shape.rope, threads);
+
+  mla_pack_query(q_lat, q_pe, m_rows, shape.kv_lora, shape.rope, softmax_scale * kLog2e,
+                 lay.q_packed);
+
+  const Index splits =
+      std::max<Index>(1, std::min<Index>(threads, cache_len / kMlaMinRowsPerSplit));
+  const Index passes = (m_rows + kMlaRowsPerPass - 1) / kMlaRowsPerPass;
+  // Cache rows >= first_masked are hidden from some query tokens (causal rule).
+  const Index first_masked = cache_len - shape.q_len + 1;
+
+  parallel_for(pool, passes * splits, [&](Index task, int thread) {
+    const Index pass = task / splits;
+    const Index split = task % splits;
+    const Index m0 = pass * kMlaRowsPerPass;
+    const Index mc = std::min(kMlaRowsPerPass, m_rows - m0);
+    const Index mc16 = round_up(mc, kMlaPanel);
+    const Index j_begin = cache_len * split / splits;
+    const Index j_end = cache_len * (split + 1) / splits;
+
+    FloatArena scratch(lay.scratch + thread * lay.scratch_stride);
+    float* st = scratch.take(kMlaTileRows * lay.pass_rows16);
+    float* wide = scratch.take(kMlaTileRows * round_up(k_dim, 8));
+    float* run_max = scratch.take(lay.pass_rows16);
+    float* run_sum = scratch.take(lay.pass_rows16);
+    float* alpha = scratch.take(lay.pass_rows16);
+
+    float* o = lay.part_o + (split * m_rows + m0) * lay.o_stride;
+    std::fill(o, o + mc * lay.o_stride, 0.0f);
+    std::fill(run_max, run_max + mc16, -std::numeric_limits<float>::infinity());
+    std::fill(run_sum, run_sum + mc16, 0.0f);
+    const float* qp = lay.q_packed + m0 * k_dim;
+
+    for (Index t0 = j_begin; t0 < j_end; t0 += kMlaTileRows) {
+      const Index tn = std::min(kMlaTileRows, j_end - t0);
+      const float* rows;
+      Index stride;
+      if constexpr (std::is_same_v<CacheScalar, float>) {
+        rows = cache + t0 * shape.row_stride;
+        stride = shape.row_stride;
+      } else {
+        // No bf16 dot instructions here: widen the tile once, then run the float micro-kernels.
+        stride = round_up(k_dim, 8);
+        Ops::widen(cache + t0 * shape.row_stride, shape.row_stride, tn, k_dim, wide, stride);
+        rows = wide;
+      }
+      Ops::scores(qp, mc16 / kMlaPanel, k_dim, rows, stride, tn, st, mc16);
+      if (t0 + tn > first_masked) {
+        for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)
+          for (Index i = 0; i < mc; ++i) {
+            const Index token = (m0 + i) / shape.num_heads;
+            if (t0 + t >= first_masked + token) st[t * mc16 + i] = -std::numeric_limits<float>::infinity();
+          }
+      }
+      Ops::softmax(st, mc16, tn, mc16, run_max, run_sum, alpha);
+      Ops::accumulate(st, mc16, tn, mc, rows, stride, d_dim, o, lay.o_stride, alpha);
+    }
+    std::copy(run_max, run_max + mc, lay.part_max + split * m_rows + m0);
+    std::copy(run_sum, run_sum + mc, lay.part_sum + split * m_rows + m0);
+  });
+
+  for (Index m = 0; m < m_rows; ++m) {
+    const float l = combine_splits(lay.part_o + m * lay.o_stride, m_rows * lay.o_stride,
+                                   lay.part_max + m, lay.part_sum + m, m_rows, splits, d_dim,
+                                   o_lat + m * d_dim);
+    if (lse != nullptr) lse[m] = l;
+  }
+}
+
+}  // namespace internal
+
+namespace kernels {
+
+/// Scratch memory for absorbed_attention: the packed query, per-split partial outputs and
+/// per-thread tiles, in one 64-byte aligned block. Reserve it once for the largest call
+/// (`reserve(M, kv_lora, rope, threads)`); later calls that fit allocate nothing. A call with a
+/// workspace that is too small grows it (one allocation). Not shareable between concurrent calls.
+class AbsorbedAttentionWorkspace {
+ public:
+  AbsorbedAttentionWorkspace() = default;
+  AbsorbedAttentionWorkspace(Index rows, Index kv_lora, Index rope, int threads) {
+    reserve(rows, kv_lora, rope, threads);
+  }
+
+  /// Ensures room for M = `rows` query rows, the given latent widths and `threads` threads.
+  void reserve(Index rows, Index kv_lora, Index rope, int threads) {
+    MLA_CHECK_ARG(rows >= 1 && kv_lora >= 1 && rope >= 0 && threads >= 1,
+                  "AbsorbedAttentionWorkspace::reserve: bad sizes rows=", rows, " kv_lora=", kv_lora,
+                  " rope=", rope, " threads=", threads);
+    buffer_.grow(internal::AbsorbedLayout(nullptr, rows, kv_lora, rope, threads).total);
+  }
+
+  /// Bytes currently held.
+  std::size_t bytes() const { return static_cast<std::size_t>(buffer_.size()) * sizeof(float); }
+
+  /// Start of the scratch block (for the kernel).
+  float* data() const { return buffer_.data(); }
+
+ private:
+  internal::AlignedFloats buffer_;
+};
+
+/// Absorbed MLA decode attention (flash decoding; FlashMLA's decode kernel on a CPU).
+///
+/// For query row m (token m / num_heads, head m % num_heads) and the visible cache rows j
+/// (j <= cache_len - q_len + token):
+///   s_j = softmax_scale * (q_lat[m] . c_j + q_pe[m] . p_j)
+///   o_lat[m] = sum_j softmax(s)_j c_j,        lse[m] = log sum_j exp(s_j)   (if lse != nullptr)
+/// with cache row j = [c_j (kv_lora) | p_j (rope)]. Scores are rounded to float before the
+/// softmax; accumulation is in float.
+/// Shapes: q_lat [M, kv_lora], q_pe [M, rope], cache [>= cache_len rows, row_stride] (float or
+/// bfloat16), o_lat [M, kv_lora], lse [M]; M = q_len * num_heads, all row-major and contiguous.
+/// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
+/// Throws std::invalid_argument for inconsistent shapes or null pointers.
+template <class CacheScalar>
+void absorbed_attention(const AbsorbedAttentionShape& shape, const float* q_lat, const float* q_pe,
+                        const CacheScalar* cache, float softmax_scale, float* o_lat, float* lse,
+                        AbsorbedAttentionWorkspace& ws, ThreadPool* pool = nullptr,
+                        KernelPath path = KernelPath::kAuto) {
+  static_assert(std::is_same_v<CacheScalar, float> || std::is_same_v<CacheScalar, bfloat16>,
+                "absorbed_attention: the cache holds float or mla::bfloat16");
+  shape.validate();
+  MLA_CHECK_ARG(q_lat != nullptr && cache != nullptr && o_lat != nullptr &&
+                    (q_pe != nullptr || shape.rope == 0),
+                "absorbed attention: q_lat, q_pe, cache and o_lat must not be null");
+  ws.reserve(shape.rows(), shape.kv_lora, shape.rope, num_threads(pool));
+#if defined(__AVX2__) && defined(__FMA__)
+  if (path == KernelPath::kAuto) {
+    internal::absorbed_attention_run<internal::MlaAvx2Ops>(shape, q_lat, q_pe, cache, softmax_scale,
+                                                           o_lat, lse, ws.data(), pool);
+    return;
+  }
+#endif
+  (void)path;
+  internal::absorbed_attention_run<internal::MlaPortableOps>(shape, q_lat, q_pe, cache,
+                                                             softmax_scale, o_lat, lse, ws.data(), pool);
+}
+
+}  // namespace kernels
+}  // namespace mla

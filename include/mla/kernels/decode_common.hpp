@@ -1,0 +1,275 @@
+// Pieces shared by the fast decode-attention kernels (absorbed_attention.hpp, gqa_attention.hpp)
+// and their references (mla/reference/attention.hpp): the shape structs both sides take, the
+// code-path switch, and internal helpers (aligned scratch, bf16 widening, a vector exp2, the
+// log-sum-exp combine of split-KV partial results).
+//
+// Both kernels are "flash decoding" (Dao et al., FlashAttention-2 / Flash-Decoding): the cache is
+// walked in tiles with an online softmax, and long caches are split across threads, each split
+// producing a partial (O, max, sum) that a log-sum-exp combine merges. Scores are kept in the
+// base-2 domain (the query is pre-multiplied by scale * log2(e)), so the softmax needs exp2 only.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include "mla/core/check.hpp"
+#include "mla/core/types.hpp"
+
+namespace mla {
+namespace kernels {
+
+/// Which implementation a fast kernel runs. kAuto takes the SIMD path the build targets (AVX2+FMA)
+/// and falls back to portable C++ when it is not compiled in; kPortable forces the portable path
+/// (tests use it so the fallback is exercised on machines that have AVX2).
+enum class KernelPath { kAuto, kPortable };
+
+/// True when this translation unit was compiled with the AVX2+FMA kernels.
+#if defined(__AVX2__) && defined(__FMA__)
+inline constexpr bool kHaveAvx2Fma = true;
+#else
+inline constexpr bool kHaveAvx2Fma = false;
+#endif
+
+/// Shapes of one absorbed-MLA decode call (DeepSeek-V2/V3 with W_UK / W_UV absorbed into the query
+/// and output, so attention runs in the latent space). The cache holds rows
+/// [c_kv (kv_lora) | k_pe (rope, already rotated)] at `row_stride` elements apart.
+struct AbsorbedAttentionShape {
+  Index q_len = 1;         // new tokens; they are the last q_len of the cache_len rows
+  Index num_heads = 1;     // query heads per token; query row m = token m / num_heads
+  Index kv_lora = 512;     // kv_lora_rank: width of c_kv, of q_lat and of o_lat
+  Index rope = 64;         // qk_rope_head_dim: width of k_pe and q_pe
+  Index cache_len = 0;     // L: valid cache rows (>= q_len)
+  Index row_stride = 576;  // elements from one cache row to the next (>= kv_lora + rope)
+
+  /// M = q_len * num_heads: rows of q_lat, q_pe and o_lat.
+  Index rows() const { return q_len * num_heads; }
+  /// Elements of one cache row that are read: kv_lora + rope.
+  Index row_dim() const { return kv_lora + rope; }
+
+  /// Throws std::invalid_argument naming the first field that is out of range.
+  void validate() const {
+    MLA_CHECK_ARG(q_len >= 1, "absorbed attention: q_len must be >= 1, got ", q_len);
+    MLA_CHECK_ARG(num_heads >= 1, "absorbed attention: num_heads must be >= 1, got ", num_heads);
+    MLA_CHECK_ARG(kv_lora >= 1, "absorbed attention: kv_lora must be >= 1, got ", kv_lora);
+    MLA_CHECK_ARG(rope >= 0, "absorbed attention: rope must be >= 0, got ", rope);
+    MLA_CHECK_ARG(cache_len >= q_len, "absorbed attention: cache_len (", cache_len,
+                  ") must be >= q_len (", q_len, "): the new tokens are the last cache rows");
+    MLA_CHECK_ARG(row_stride >= row_dim(), "absorbed attention: row_stride (", row_stride,
+                  ") must be >= kv_lora + rope (", row_dim(), ")");
+  }
+};
+
+/// Shapes of one MHA / GQA decode call over a head-major cache: K [num_kv_heads, capacity,
+/// head_dim] and V [num_kv_heads, capacity, v_dim]; query head h reads kv head h / group_size().
+struct GqaAttentionShape {
+  Index q_len = 1;          // new tokens; they are the last q_len of the cache_len rows
+  Index num_heads = 1;      // num_attention_heads (query heads)
+  Index num_kv_heads = 1;   // num_key_value_heads; divides num_heads (== num_heads for MHA)
+  Index head_dim = 128;     // width of q and of a K row
+  Index v_dim = 128;        // width of a V row and of the output (v_head_dim)
+  Index cache_len = 0;      // L: valid rows per kv head (>= q_len)
+  Index k_head_stride = 0;  // elements from one kv head's K to the next (capacity * head_dim)
+  Index v_head_stride = 0;  // elements from one kv head's V to the next (capacity * v_dim)
+
+  /// Query heads per kv head (FlashMLA's q_head_per_hk).
+  Index group_size() const { return num_heads / num_kv_heads; }
+
+  /// Throws std::invalid_argument naming the first field that is out of range.
+  void validate() const {
+    MLA_CHECK_ARG(q_len >= 1, "gqa attention: q_len must be >= 1, got ", q_len);
+    MLA_CHECK_ARG(num_kv_heads >= 1, "gqa attention: num_kv_heads must be >= 1, got ", num_kv_heads);
+    MLA_CHECK_ARG(num_heads >= 1 && num_heads % num_kv_heads == 0, "gqa attention: num_heads (",
+                  num_heads, ") is not a positive multiple of num_kv_heads (", num_kv_heads, ")");
+    MLA_CHECK_ARG(head_dim >= 1, "gqa attention: head_dim must be >= 1, got ", head_dim);
+    MLA_CHECK_ARG(v_dim >= 1, "gqa attention: v_dim must be >= 1, got ", v_dim);
+    MLA_CHECK_ARG(cache_len >= q_len, "gqa attention: cache_len (", cache_len,
+                  ") must be >= q_len (", q_len, "): the new tokens are the last cache rows");
+    MLA_CHECK_ARG(num_kv_heads == 1 || k_head_stride >= cache_len * head_dim,
+                  "gqa attention: k_head_stride (", k_head_stride, ") must be >= cache_len * head_dim (",
+                  cache_len * head_dim, ")");
+    MLA_CHECK_ARG(num_kv_heads == 1 || v_head_stride >= cache_len * v_dim,
+                  "gqa attention: v_head_stride (", v_head_stride, ") must be >= cache_len * v_dim (",
+                  cache_len * v_dim, ")");
+  }
+};
+
+}  // namespace kernels
+
+namespace internal {
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+/// Rounds n up to a multiple of `to` (a power of two).
+constexpr Index round_up(Index n, Index to) { return (n + to - 1) & ~(to - 1); }
+
+/// Owning 64-byte aligned float buffer that only ever grows; no Eigen or std::vector so that
+/// growth is the one place a kernel workspace allocates.
+class AlignedFloats {
+ public:
+  AlignedFloats() = default;
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+  AlignedFloats(AlignedFloats&& o) noexcept : data_(o.data_), size_(o.size_) {
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  AlignedFloats& operator=(AlignedFloats&& o) noexcept {
+    if (this != &o) {
+      release();
+      data_ = o.data_;
+      size_ = o.size_;
+      o.data_ = nullptr;
+      o.size_ = 0;
+    }
+    return *this;
+  }
+  ~AlignedFloats() { release(); }
+
+  /// Makes room for at least n floats (contents are not kept when it grows).
+  void grow(Index n) {
+    if (n <= size_) return;
+    release();
+    data_ = static_cast<float*>(::operator new(static_cast<std::size_t>(n) * sizeof(float),
+                                               std::align_val_t(64)));
+    size_ = n;
+  }
+  float* data() const { return data_; }
+  Index size() const { return size_; }
+
+ private:
+  void release() {
+    if (data_ != nullptr) ::operator delete(data_, std::align_val_t(64));
+    data_ = nullptr;
+    size_ = 0;
+  }
+  float* data_ = nullptr;
+  Index size_ = 0;
+};
+
+/// Carves consecutive 64-byte aligned float regions out of one buffer; used twice per call,
+/// once to size a workspace and once to lay it out, so the two can not disagree.
+class FloatArena {
+ public:
+  explicit FloatArena(float* base = nullptr) : base_(base) {}
+  float* take(Index n) {
+    float* p = base_ == nullptr ? nullptr : base_ + used_;
+    used_ += round_up(n, 16);
+    return p;
+  }
+  Index used() const { return used_; }
+
+ private:
+  float* base_;
+  Index used_ = 0;
+};
+
+/// Widens bf16 (the top 16 bits of a float) to float.
+inline float bf16_to_float(bfloat16 x) {
+  const std::uint32_t bits = std::uint32_t(Eigen::numext::bit_cast<std::uint16_t>(x)) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float to_float(float x) { return x; }
+inline float to_float(bfloat16 x) { return bf16_to_float(x); }
+
+/// Portable widening of `rows` rows of `cols` elements (source row stride `src_stride`) into a
+/// float block with row stride `dst_stride`.
+template <class T>
+void widen_rows_portable(const T* src, Index src_stride, Index rows, Index cols, float* dst,
+                         Index dst_stride) {
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) dst[r * dst_stride + c] = to_float(src[r * src_stride + c]);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/// 2^x for x <= 0 (what a softmax needs), with 2^x = 0 below -127 (so exp2(-inf) = 0).
+/// x = n + f with n = round(x), |f| <= 1/2; 2^f by its degree-7 Taylor polynomial in f*ln2
+/// (truncation error < 6e-9 relative), 2^n by building the float exponent directly.
+inline __m256 exp2_avx2(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-127.0f));
+  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(x, n);
+  __m256 p = _mm256_set1_ps(1.525273380405984e-05f);  // ln2^7 / 7!
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530393381606e-04f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618129107628477e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550410866482158e-02f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402265069591007e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931471805599453e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  // n in [-127, 0]: n + 127 in [0, 127] is the biased exponent; 0 encodes +0.0.
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/// 8 bf16 values widened to float (no bf16 instructions on AVX2: zero-extend and shift).
+inline __m256 load8_widen(const bfloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline __m256 load8_widen(const float* p) { return _mm256_loadu_ps(p); }
+
+/// Lane mask with the first n (0..8) lanes set, for maskload / maskstore.
+inline __m256i first_lanes_mask(Index n) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), idx);
+}
+
+/// First n (< 8) elements of p widened to float, zeros after; never reads past p[n - 1].
+inline __m256 load8_partial(const float* p, Index n) {
+  return _mm256_maskload_ps(p, first_lanes_mask(n));
+}
+inline __m256 load8_partial(const bfloat16* p, Index n) {
+  alignas(32) float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (Index i = 0; i < n; ++i) tmp[i] = bf16_to_float(p[i]);
+  return _mm256_load_ps(tmp);
+}
+
+/// AVX2 widening of a block of rows (as widen_rows_portable).
+template <class T>
+void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, float* dst,
+                     Index dst_stride) {
+  const Index cols8 = cols & ~Index(7);
+  for (Index r = 0; r < rows; ++r) {
+    const T* s = src + r * src_stride;
+    float* d = dst + r * dst_stride;
+    for (Index c = 0; c < cols8; c += 8) _mm256_storeu_ps(d + c, load8_widen(s + c));
+    for (Index c = cols8; c < cols; ++c) d[c] = to_float(s[c]);
+  }
+}
+#endif
+
+/// Log-sum-exp merge of split-KV partial results for one output row. Split s holds an
+/// unnormalised accumulator o[s] (row `ld` floats apart), its running max `mx[s]` (base-2 scores)
+/// and its sum `l[s]` of 2^(score - max). Writes out[d] = sum_s w_s o_s[d] / sum_s w_s l_s with
+/// w_s = 2^(mx_s - max_s mx_s), and returns the natural-log LSE of all scores.
+inline float combine_splits(const float* o, Index split_stride, const float* mx, const float* l,
+                            Index mstride, Index splits, Index dim, float* out) {
+  float gmax = -std::numeric_limits<float>::infinity();
+  for (Index s = 0; s < splits; ++s) gmax = std::fmax(gmax, mx[s * mstride]);
+  float den = 0.0f;
+  for (Index s = 0; s < splits; ++s) den += std::exp2(mx[s * mstride] - gmax) * l[s * mstride];
+  const float inv = 1.0f / den;
+  for (Index d = 0; d < dim; ++d) out[d] = 0.0f;
+  for (Index s = 0; s < splits; ++s) {
+    const float w = std::exp2(mx[s * mstride] - gmax) * inv;
+    if (w == 0.0f) continue;
+    const float* os = o + s * split_stride;
+    for (Index d = 0; d < dim; ++d) out[d] += w * os[d];
+  }
+  return (gmax + std::log2(den)) * kLn2;
+}
+
+}  // namespace internal
+}  // namespace mla

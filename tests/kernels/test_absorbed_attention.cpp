@@ -1,0 +1,331 @@
+// Tests for the fast absorbed-MLA decode kernel against the double-precision reference loops:
+// a sweep of shapes (query rows 1 .. 256, q_len 1 .. 4, cache lengths around the 64-row tile and
+// the split boundaries, latent widths that are not multiples of the SIMD width), float and bf16
+// caches, 1 and 2 threads, the AVX2 and the forced portable path; plus edge cases (huge logits,
+// identical scores, a strided cache), argument checks, and a count of heap allocations per call.
+#include "mla/kernels/absorbed_attention.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mla/core/threading.hpp"
+#include "mla/reference/attention.hpp"
+
+// ---- Global operator new counter (counts only while g_count_allocs is set). ----
+namespace {
+std::atomic<bool> g_count_allocs{false};
+std::atomic<long> g_allocs{0};
+void* counted_alloc(std::size_t n, std::size_t align) {
+  if (g_count_allocs.load(std::memory_order_relaxed)) g_allocs.fetch_add(1);
+  if (n == 0) n = 1;
+  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align)
+                                              : std::malloc(n);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+}  // namespace
+void* operator new(std::size_t n) { return counted_alloc(n, 0); }
+void* operator new[](std::size_t n) { return counted_alloc(n, 0); }
+void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace {
+
+using mla::Index;
+using mla::bfloat16;
+using mla::kernels::AbsorbedAttentionShape;
+using mla::kernels::AbsorbedAttentionWorkspace;
+using mla::kernels::KernelPath;
+
+struct Inputs {
+  AbsorbedAttentionShape shape;
+  std::vector<float> q_lat, q_pe, cache_f;
+  std::vector<bfloat16> cache_b;
+};
+
+Inputs make_inputs(Index q_len, Index heads, Index kv_lora, Index rope, Index cache_len,
+                   Index stride_pad, unsigned seed) {
+  Inputs in;
+  in.shape.q_len = q_len;
+  in.shape.num_heads = heads;
+  in.shape.kv_lora = kv_lora;
+  in.shape.rope = rope;
+  in.shape.cache_len = cache_len;
+  in.shape.row_stride = kv_lora + rope + stride_pad;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const Index m = in.shape.rows();
+  in.q_lat.resize(std::size_t(m * kv_lora));
+  in.q_pe.resize(std::size_t(m * rope));
+  for (float& x : in.q_lat) x = u(rng);
+  for (float& x : in.q_pe) x = u(rng);
+  // Exactly cache_len rows: a read past the last valid row would leave the buffer (ASan-visible).
+  const std::size_t n = std::size_t((cache_len - 1) * in.shape.row_stride + kv_lora + rope);
+  in.cache_f.resize(n);
+  in.cache_b.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    in.cache_b[i] = bfloat16(u(rng));
+    in.cache_f[i] = u(rng);
+  }
+  return in;
+}
+
+float max_abs(const std::vector<float>& v) {
+  float m = 0.0f;
+  for (float x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// Largest |a - b| relative to max|b| (b is the reference).
+float rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  float e = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    e = std::max(e, std::abs(a[i] - b[i]));
+  }
+  return e / std::max(max_abs(b), 1e-30f);
+}
+
+template <class T>
+const T* cache_of(const Inputs& in);
+template <>
+const float* cache_of<float>(const Inputs& in) { return in.cache_f.data(); }
+template <>
+const bfloat16* cache_of<bfloat16>(const Inputs& in) { return in.cache_b.data(); }
+
+// Compares the fast kernel (both paths, null pool and 1/2-thread pools) with the reference.
+template <class T>
+void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol = 1e-5f) {
+  const Index m = in.shape.rows();
+  std::vector<float> ref(std::size_t(m * in.shape.kv_lora));
+  std::vector<float> ref_lse(static_cast<std::size_t>(m));
+  mla::reference::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), cache_of<T>(in),
+                                     scale, ref.data(), ref_lse.data());
+  mla::ThreadPool pool1(1);
+  AbsorbedAttentionWorkspace ws;
+  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+    for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, pool2}) {
+      std::vector<float> out(ref.size(), NAN), lse(std::size_t(m), NAN);
+      mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), cache_of<T>(in),
+                                       scale, out.data(), lse.data(), ws, pool, path);
+      const std::string what = ::testing::PrintToString(
+          std::vector<Index>{in.shape.q_len, in.shape.num_heads, in.shape.kv_lora, in.shape.rope,
+                             in.shape.cache_len, in.shape.row_stride, mla::num_threads(pool),
+                             path == KernelPath::kPortable});
+      ASSERT_LE(rel_err(out, ref), tol) << "q_len, heads, kv_lora, rope, L, stride, threads, portable = " << what;
+      for (Index i = 0; i < m; ++i)
+        ASSERT_NEAR(lse[std::size_t(i)], ref_lse[std::size_t(i)], 1e-5f * std::max(1.0f, std::abs(ref_lse[std::size_t(i)])))
+            << "lse row " << i << " of " << what;
+    }
+  }
+}
+
+struct QShape {
+  Index q_len, heads;
+};
+
+TEST(AbsorbedAttention, MatchesReferenceSmallDims) {
+  mla::ThreadPool pool2(2);
+  const QShape qs[] = {{1, 1}, {1, 3}, {3, 1}, {1, 128}, {2, 64}, {4, 32}, {2, 128}};
+  const Index lens[] = {1, 2, 7, 63, 64, 65, 300, 1000};
+  const std::pair<Index, Index> dims[] = {{20, 6}, {64, 16}};
+  unsigned seed = 1;
+  for (auto [kv_lora, rope] : dims)
+    for (const QShape& q : qs)
+      for (Index len : lens) {
+        if (len < q.q_len) continue;
+        // Big shapes only on a few lengths to keep the double reference fast.
+        if (q.q_len * q.heads > 3 && kv_lora > 20 && len == 1000) continue;
+        const Inputs in = make_inputs(q.q_len, q.heads, kv_lora, rope, len, seed % 3 == 0 ? 5 : 0, seed);
+        ++seed;
+        check_case<float>(in, 0.3f, &pool2);
+        check_case<bfloat16>(in, 0.3f, &pool2);
+      }
+}
+
+TEST(AbsorbedAttention, MatchesReferenceDeepSeekDims) {
+  mla::ThreadPool pool2(2);
+  const float scale = 1.0f / std::sqrt(192.0f);  // DeepSeek-V3 absorbed-path scale
+  const QShape qs[] = {{1, 1}, {1, 3}, {1, 128}, {2, 64}};
+  const Index lens[] = {1, 7, 65, 300};
+  unsigned seed = 100;
+  for (const QShape& q : qs)
+    for (Index len : lens) {
+      if (len < q.q_len) continue;
+      const Inputs in = make_inputs(q.q_len, q.heads, 512, 64, len, 0, seed++);
+      check_case<float>(in, scale, &pool2);
+      check_case<bfloat16>(in, scale, &pool2);
+    }
+  const Inputs in = make_inputs(2, 128, 512, 64, 65, 0, seed++);
+  check_case<float>(in, scale, &pool2);
+}
+
+TEST(AbsorbedAttention, HugeLogitsStayFinite) {
+  // Scores of order 1e4: the softmax is (almost) one-hot, an unguarded exp would overflow.
+  mla::ThreadPool pool2(2);
+  const Inputs in = make_inputs(2, 8, 20, 6, 300, 0, 7);
+  check_case<float>(in, 1e4f, &pool2);
+  check_case<bfloat16>(in, 1e4f, &pool2);
+}
+
+TEST(AbsorbedAttention, IdenticalScoresGiveTheMeanRow) {
+  // Zero query: every visible row has score 0, so o = mean of the visible c rows (exactly known).
+  const Index len = 97, q_len = 2, heads = 3, kv_lora = 20, rope = 6;
+  Inputs in = make_inputs(q_len, heads, kv_lora, rope, len, 0, 9);
+  std::fill(in.q_lat.begin(), in.q_lat.end(), 0.0f);
+  std::fill(in.q_pe.begin(), in.q_pe.end(), 0.0f);
+  mla::ThreadPool pool2(2);
+  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable})
+    for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
+      AbsorbedAttentionWorkspace ws;
+      std::vector<float> out(std::size_t(q_len * heads * kv_lora)), lse(std::size_t(q_len * heads));
+      mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(),
+                                       1.0f, out.data(), lse.data(), ws, pool, path);
+      for (Index m = 0; m < q_len * heads; ++m) {
+        const Index visible = len - q_len + m / heads + 1;
+        EXPECT_NEAR(lse[std::size_t(m)], std::log(double(visible)), 1e-5);
+        for (Index d = 0; d < kv_lora; ++d) {
+          double mean = 0.0;
+          for (Index j = 0; j < visible; ++j) mean += in.cache_f[std::size_t(j * in.shape.row_stride + d)];
+          mean /= double(visible);
+          EXPECT_NEAR(out[std::size_t(m * kv_lora + d)], mean, 1e-5) << "row " << m << " col " << d;
+        }
+      }
+    }
+}
+
+TEST(AbsorbedAttention, OnlyVisibleRowsMatter) {
+  // Causal rule: rows past L - q_len + token must not change token's output.
+  const Index q_len = 3, heads = 4, len = 70;
+  Inputs a = make_inputs(q_len, heads, 20, 6, len, 0, 11);
+  Inputs b = a;
+  const Index row = len - 1;  // visible only to the last token
+  for (Index k = 0; k < 26; ++k) b.cache_f[std::size_t(row * b.shape.row_stride + k)] = 1e3f;
+  AbsorbedAttentionWorkspace ws;
+  std::vector<float> oa(std::size_t(q_len * heads * 20)), ob(oa.size());
+  mla::kernels::absorbed_attention(a.shape, a.q_lat.data(), a.q_pe.data(), a.cache_f.data(), 0.5f,
+                                   oa.data(), nullptr, ws);
+  mla::kernels::absorbed_attention(b.shape, b.q_lat.data(), b.q_pe.data(), b.cache_f.data(), 0.5f,
+                                   ob.data(), nullptr, ws);
+  for (Index m = 0; m < q_len * heads; ++m)
+    for (Index d = 0; d < 20; ++d) {
+      const std::size_t i = std::size_t(m * 20 + d);
+      if (m / heads < q_len - 1) {
+        EXPECT_EQ(oa[i], ob[i]);
+      }
+    }
+  EXPECT_NE(oa.back(), ob.back());
+}
+
+TEST(AbsorbedAttention, NoAllocationWithReservedWorkspace) {
+  mla::ThreadPool pool2(2);
+  const Inputs in = make_inputs(1, 128, 512, 64, 200, 0, 5);
+  AbsorbedAttentionWorkspace ws(128, 512, 64, 2);
+  const std::size_t bytes = ws.bytes();
+  std::vector<float> out(std::size_t(128 * 512)), lse(128);
+  for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
+    for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+      g_allocs = 0;
+      g_count_allocs = true;
+      mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(),
+                                       0.1f, out.data(), lse.data(), ws, pool, path);
+      mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_b.data(),
+                                       0.1f, out.data(), lse.data(), ws, pool, path);
+      g_count_allocs = false;
+      EXPECT_EQ(g_allocs.load(), 0) << "threads " << mla::num_threads(pool);
+    }
+  }
+  EXPECT_EQ(ws.bytes(), bytes);
+  // A workspace that is too small grows on the call.
+  AbsorbedAttentionWorkspace small(1, 20, 6, 1);
+  g_allocs = 0;
+  g_count_allocs = true;
+  mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(), 0.1f,
+                                   out.data(), nullptr, small, &pool2);
+  g_count_allocs = false;
+  EXPECT_GE(g_allocs.load(), 1);
+  EXPECT_GE(small.bytes(), bytes);
+}
+
+TEST(AbsorbedAttention, RejectsBadShapes) {
+  const Inputs in = make_inputs(1, 2, 20, 6, 10, 0, 3);
+  AbsorbedAttentionWorkspace ws;
+  std::vector<float> out(40);
+  auto call = [&](AbsorbedAttentionShape s) {
+    mla::kernels::absorbed_attention(s, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(), 1.0f,
+                                     out.data(), nullptr, ws);
+  };
+  AbsorbedAttentionShape s = in.shape;
+  s.cache_len = 0;
+  EXPECT_THROW(call(s), std::invalid_argument);
+  s = in.shape;
+  s.q_len = 11;  // more new tokens than cache rows
+  EXPECT_THROW(call(s), std::invalid_argument);
+  s = in.shape;
+  s.row_stride = 25;
+  EXPECT_THROW(call(s), std::invalid_argument);
+  s = in.shape;
+  s.num_heads = 0;
+  EXPECT_THROW(call(s), std::invalid_argument);
+  try {
+    s = in.shape;
+    s.row_stride = 25;
+    call(s);
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("row_stride (25)"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(),
+                                                static_cast<const float*>(nullptr), 1.0f, out.data(),
+                                                nullptr, ws),
+               std::invalid_argument);
+}
+
+TEST(ThreadPool, RunsEveryTaskOnceOnValidThreads) {
+  for (int threads : {1, 2, 3}) {
+    mla::ThreadPool pool(threads);
+    EXPECT_EQ(pool.num_threads(), threads);
+    for (Index n : {0, 1, 2, 5, 100}) {
+      std::vector<std::atomic<int>> hits(std::size_t(n > 0 ? n : 1));
+      std::atomic<bool> bad_thread{false};
+      mla::parallel_for(&pool, n, [&](Index task, int thread) {
+        hits[std::size_t(task)].fetch_add(1);
+        if (thread < 0 || thread >= threads) bad_thread = true;
+      });
+      for (Index i = 0; i < n; ++i) EXPECT_EQ(hits[std::size_t(i)].load(), 1);
+      EXPECT_FALSE(bad_thread.load());
+    }
+  }
+  EXPECT_THROW(mla::ThreadPool(0), std::invalid_argument);
+}
+
+TEST(ThreadPool, InlineRunsAllocateNothing) {
+  mla::ThreadPool pool1(1), pool2(2);
+  long sum = 0;
+  g_allocs = 0;
+  g_count_allocs = true;
+  mla::parallel_for(nullptr, 10, [&](Index task, int) { sum += task; });
+  mla::parallel_for(&pool1, 10, [&](Index task, int) { sum += task; });
+  std::atomic<long> asum{0};
+  mla::parallel_for(&pool2, 10, [&](Index task, int) { asum += task; });
+  g_count_allocs = false;
+  EXPECT_EQ(g_allocs.load(), 0);
+  EXPECT_EQ(sum + asum.load(), 3 * 45);
+}
+
+}  // namespace

@@ -1,0 +1,422 @@
+// Fast MHA / GQA decode attention over a head-major KV cache (K [kv_heads, capacity, head_dim],
+// V [kv_heads, capacity, v_dim], float or bfloat16). Reference: mla::reference::gqa_attention.
+//
+// Decode attention with few query rows per kv head is memory bound: each K/V element feeds
+// group * q_len multiply-adds. The kernel therefore streams every kv head's K and V exactly once
+// per call, for all group * q_len query rows that read it (FlashInfer / llama.cpp's GQA-packed
+// decode), in tiles of kGqaTileRows rows with an online softmax (flash decoding):
+//   s[r, t] = q_r . K[t]            (dot products along head_dim, reduced in registers)
+//   online softmax over t per row r (base 2: q is pre-scaled by scale * log2 e)
+//   O[r, :] = alpha_r O[r, :] + sum_t p[r, t] V[t, :]
+// bf16 rows are widened in registers as they are loaded (no bf16 instructions on AVX2).
+// Threads take whole kv heads when they divide evenly, otherwise each head's rows are also split
+// (split-KV) and the partial results are merged by a log-sum-exp combine.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+#include <type_traits>
+
+#include "mla/core/check.hpp"
+#include "mla/core/threading.hpp"
+#include "mla/core/types.hpp"
+#include "mla/kernels/decode_common.hpp"
+
+namespace mla {
+namespace internal {
+
+// 64 rows per tile: one tile of K or V (64 x 128 floats = 32 KiB) is what one L1d holds, the
+// score rows (group * q_len x 64) stay in L1, and the accumulator O (group * q_len x v_dim) is
+// rescaled and reloaded once per 64 rows, which is noise next to the 64 rows of K and V.
+inline constexpr Index kGqaTileRows = 64;
+// Fewer rows than this per split and the split bookkeeping outweighs the streaming.
+inline constexpr Index kGqaMinRowsPerSplit = 32;
+
+/// Where each piece of a GQA workspace lives (see GqaAttentionWorkspace).
+struct GqaLayout {
+  Index g_rows = 0;    // query rows per kv head: group * q_len
+  Index q_stride = 0;  // head_dim rounded up to 8 (zero padded)
+  Index o_stride = 0;  // v_dim rounded up to 8
+  float* part_o = nullptr;    // [kv_heads * threads][g_rows][o_stride]
+  float* part_max = nullptr;  // [kv_heads * threads][g_rows]
+  float* part_sum = nullptr;  // [kv_heads * threads][g_rows]
+  float* scratch = nullptr;   // [threads][scratch_stride]
+  Index scratch_stride = 0;
+  Index total = 0;
+
+  GqaLayout(float* base, Index q_len, Index num_heads, Index num_kv_heads, Index head_dim,
+            Index v_dim, int threads) {
+    g_rows = num_heads / num_kv_heads * q_len;
+    q_stride = round_up(head_dim, 8);
+    o_stride = round_up(v_dim, 8);
+    FloatArena per_thread;
+    per_thread.take(g_rows * q_stride);      // scaled query rows of one kv head
+    per_thread.take(g_rows * kGqaTileRows);  // scores / probabilities of one tile
+    per_thread.take(g_rows);                 // alpha
+    scratch_stride = per_thread.used();
+    const Index slots = num_kv_heads * threads;
+    FloatArena arena(base);
+    part_o = arena.take(slots * g_rows * o_stride);
+    part_max = arena.take(slots * g_rows);
+    part_sum = arena.take(slots * g_rows);
+    scratch = arena.take(Index(threads) * scratch_stride);
+    total = arena.used();
+  }
+};
+
+/// Portable C++ tile operations (the fallback, and what kernels::KernelPath::kPortable runs).
+struct GqaPortableOps {
+  // p[r * ldp + t] = q[r] . k[t] for r < g_rows, t < tn.
+  template <class T>
+  static void scores(const float* q, Index ldq, Index g_rows, Index dim, const T* k, Index tn,
+                     float* p, Index ldp) {
+    for (Index t = 0; t < tn; ++t) {
+      const T* kt = k + t * dim;
+      for (Index r = 0; r < g_rows; ++r) {
+        const float* qr = q + r * ldq;
+        float acc = 0.0f;
+        for (Index d = 0; d < dim; ++d) acc += qr[d] * to_float(kt[d]);
+        p[r * ldp + t] = acc;
+      }
+    }
+  }
+
+  static void softmax(float* p, Index ldp, Index g_rows, Index tn, float* run_max, float* run_sum,
+                      float* alpha) {
+    for (Index r = 0; r < g_rows; ++r) {
+      float* pr = p + r * ldp;
+      float tile_max = -std::numeric_limits<float>::infinity();
+      for (Index t = 0; t < tn; ++t) tile_max = std::fmax(tile_max, pr[t]);
+      const float new_max = std::fmax(run_max[r], tile_max);
+      // A row that has seen only masked scores keeps max -inf; subtract 0 instead to avoid NaN.
+      const float safe = new_max == -std::numeric_limits<float>::infinity() ? 0.0f : new_max;
+      float sum = 0.0f;
+      for (Index t = 0; t < tn; ++t) {
+        pr[t] = std::exp2(pr[t] - safe);
+        sum += pr[t];
+      }
+      alpha[r] = std::exp2(run_max[r] - safe);
+      run_sum[r] = run_sum[r] * alpha[r] + sum;
+      run_max[r] = new_max;
+    }
+  }
+
+  // o[r, :] = alpha[r] o[r, :] + sum_t p[r, t] v[t, :]
+  template <class T>
+  static void accumulate(const float* p, Index ldp, Index g_rows, Index tn, const T* v, Index dim,
+                         float* o, Index ldo, const float* alpha) {
+    for (Index r = 0; r < g_rows; ++r) {
+      float* orow = o + r * ldo;
+      for (Index d = 0; d < dim; ++d) orow[d] *= alpha[r];
+      for (Index t = 0; t < tn; ++t) {
+        const float pr = p[r * ldp + t];
+        const T* vt = v + t * dim;
+        for (Index d = 0; d < dim; ++d) orow[d] += pr * to_float(vt[d]);
+      }
+    }
+  }
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+/// [sum(a0), sum(a1), sum(a2), sum(a3)]: the horizontal sums of four vectors.
+inline __m128 reduce4_avx2(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+inline float hsum_avx2(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_hadd_ps(s, s);
+  s = _mm_hadd_ps(s, s);
+  return _mm_cvtss_f32(s);
+}
+inline float hmax_avx2(__m256 a) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+/// AVX2 + FMA tile operations. Cache rows are read in place (float) or widened in registers (bf16).
+struct GqaAvx2Ops {
+  // GR query rows x TR cache rows of dot products over `dim`; TR is 1, 4 or 8. Each K vector is
+  // loaded once and used GR times; the GR * TR accumulators (8 for the shapes used) cover the FMA
+  // latency; a final transposing reduction turns them into TR scores per query row.
+  template <int GR, int TR, class T>
+  static void scores_block(const float* q, Index ldq, Index dim, const T* k, float* p, Index ldp) {
+    __m256 acc[GR][TR];
+    for (int g = 0; g < GR; ++g)
+      for (int j = 0; j < TR; ++j) acc[g][j] = _mm256_setzero_ps();
+    const Index dim8 = dim & ~Index(7);
+    for (Index d = 0; d < dim8; d += 8) {
+      __m256 kv[TR];
+      for (int j = 0; j < TR; ++j) kv[j] = load8_widen(k + j * dim + d);
+      for (int g = 0; g < GR; ++g) {
+        const __m256 qv = _mm256_load_ps(q + g * ldq + d);
+        for (int j = 0; j < TR; ++j) acc[g][j] = _mm256_fmadd_ps(qv, kv[j], acc[g][j]);
+      }
+    }
+    if (dim8 < dim) {  // the query is zero padded; the K row must not be read past its end
+      for (int j = 0; j < TR; ++j) {
+        const __m256 kv = load8_partial(k + j * dim + dim8, dim - dim8);
+        for (int g = 0; g < GR; ++g)
+          acc[g][j] = _mm256_fmadd_ps(_mm256_load_ps(q + g * ldq + dim8), kv, acc[g][j]);
+      }
+    }
+    for (int g = 0; g < GR; ++g) {
+      float* pg = p + g * ldp;
+      if constexpr (TR == 1) {
+        pg[0] = hsum_avx2(acc[g][0]);
+      } else if constexpr (TR == 4) {
+        _mm_storeu_ps(pg, reduce4_avx2(acc[g][0], acc[g][1], acc[g][2], acc[g][3]));
+      } else {
+        static_assert(TR == 8, "scores_block: TR is 1, 4 or 8");
+        _mm_storeu_ps(pg, reduce4_avx2(acc[g][0], acc[g][1], acc[g][2], acc[g][3]));
+        _mm_storeu_ps(pg + 4, reduce4_avx2(acc[g][4], acc[g][5], acc[g][6], acc[g][7]));
+      }
+    }
+  }
+
+  template <class T>
+  static void scores(const float* q, Index ldq, Index g_rows, Index dim, const T* k, Index tn,
+                     float* p, Index ldp) {
+    // Cache rows outer: a few K rows stay in L1 while every query row of the head uses them.
+    const Index g2 = g_rows & ~Index(1);
+    Index t = 0;
+    if (g_rows == 1) {
+      for (; t + 8 <= tn; t += 8) scores_block<1, 8>(q, ldq, dim, k + t * dim, p + t, ldp);
+    } else {
+      for (; t + 4 <= tn; t += 4) {
+        for (Index r = 0; r < g2; r += 2)
+          scores_block<2, 4>(q + r * ldq, ldq, dim, k + t * dim, p + r * ldp + t, ldp);
+        if (g2 < g_rows)
+          scores_block<1, 4>(q + g2 * ldq, ldq, dim, k + t * dim, p + g2 * ldp + t, ldp);
+      }
+    }
+    for (; t < tn; ++t) {
+      for (Index r = 0; r < g2; r += 2)
+        scores_block<2, 1>(q + r * ldq, ldq, dim, k + t * dim, p + r * ldp + t, ldp);
+      if (g2 < g_rows) scores_block<1, 1>(q + g2 * ldq, ldq, dim, k + t * dim, p + g2 * ldp + t, ldp);
+    }
+  }
+
+  static void softmax(float* p, Index ldp, Index g_rows, Index tn, float* run_max, float* run_sum,
+                      float* alpha) {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    const Index tn8 = round_up(tn, 8);  // ldp is a multiple of 8: pad the last vector with -inf
+    for (Index r = 0; r < g_rows; ++r) {
+      float* pr = p + r * ldp;
+      for (Index t = tn; t < tn8; ++t) pr[t] = neg_inf;
+      __m256 vmax = _mm256_set1_ps(neg_inf);
+      for (Index t = 0; t < tn8; t += 8) vmax = _mm256_max_ps(vmax, _mm256_load_ps(pr + t));
+      const float new_max = std::fmax(run_max[r], hmax_avx2(vmax));
+      // A row that has seen only masked scores keeps max -inf; subtract 0 instead to avoid NaN.
+      const float safe = new_max == neg_inf ? 0.0f : new_max;
+      const __m256 vsafe = _mm256_set1_ps(safe);
+      __m256 vsum = _mm256_setzero_ps();
+      for (Index t = 0; t < tn8; t += 8) {
+        const __m256 e = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(pr + t), vsafe));
+        _mm256_store_ps(pr + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+      }
+      alpha[r] = std::exp2(run_max[r] - safe);
+      run_sum[r] = run_sum[r] * alpha[r] + hsum_avx2(vsum);
+      run_max[r] = new_max;
+    }
+  }
+
+  // GR query rows x NV vectors of the output over tn cache rows; the last vector holds only
+  // `last` (1..8) columns when kPartial. O is rescaled by alpha as it is loaded.
+  template <int GR, int NV, bool kPartial, class T>
+  static void accumulate_block(const float* p, Index ldp, Index tn, const T* v, Index dim, float* o,
+                               Index ldo, const float* alpha, Index last) {
+    __m256 acc[GR][NV];
+    for (int g = 0; g < GR; ++g) {
+      const __m256 a = _mm256_broadcast_ss(alpha + g);
+      for (int j = 0; j < NV; ++j) acc[g][j] = _mm256_mul_ps(a, _mm256_load_ps(o + g * ldo + 8 * j));
+    }
+    for (Index t = 0; t < tn; ++t) {
+      const T* vt = v + t * dim;
+      __m256 vv[NV];
+      for (int j = 0; j < NV; ++j)
+        vv[j] = (kPartial && j == NV - 1) ? load8_partial(vt + 8 * j, last) : load8_widen(vt + 8 * j);
+      for (int g = 0; g < GR; ++g) {
+        const __m256 b = _mm256_broadcast_ss(p + g * ldp + t);
+        for (int j = 0; j < NV; ++j) acc[g][j] = _mm256_fmadd_ps(b, vv[j], acc[g][j]);
+      }
+    }
+    for (int g = 0; g < GR; ++g)
+      for (int j = 0; j < NV; ++j) _mm256_store_ps(o + g * ldo + 8 * j, acc[g][j]);
+  }
+
+  template <int NV, bool kPartial, class T>
+  static void accumulate_columns(const float* p, Index ldp, Index g_rows, Index tn, const T* v,
+                                 Index dim, float* o, Index ldo, const float* alpha, Index last) {
+    const Index g2 = g_rows & ~Index(1);
+    for (Index r = 0; r < g2; r += 2)
+      accumulate_block<2, NV, kPartial>(p + r * ldp, ldp, tn, v, dim, o + r * ldo, ldo, alpha + r, last);
+    if (g2 < g_rows)
+      accumulate_block<1, NV, kPartial>(p + g2 * ldp, ldp, tn, v, dim, o + g2 * ldo, ldo, alpha + g2, last);
+  }
+
+  template <class T>
+  static void accumulate(const float* p, Index ldp, Index g_rows, Index tn, const T* v, Index dim,
+                         float* o, Index ldo, const float* alpha) {
+    // 32-column strips outer: the strip of the V tile (tn x 128 B) stays in L1 for all rows.
+    Index d = 0;
+    for (; d + 32 <= dim; d += 32)
+      accumulate_columns<4, false>(p, ldp, g_rows, tn, v + d, dim, o + d, ldo, alpha, 8);
+    for (; d + 8 <= dim; d += 8)
+      accumulate_columns<1, false>(p, ldp, g_rows, tn, v + d, dim, o + d, ldo, alpha, 8);
+    if (d < dim)
+      accumulate_columns<1, true>(p, ldp, g_rows, tn, v + d, dim, o + d, ldo, alpha, dim - d);
+  }
+};
+#endif
+
+/// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
+template <class Ops, class CacheScalar>
+void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
+                       const CacheScalar* k, const CacheScalar* v, float softmax_scale, float* out,
+                       float* lse, float* workspace, ThreadPool* pool) {
+  const int threads = num_threads(pool);
+  const GqaLayout lay(workspace, shape.q_len, shape.num_heads, shape.num_kv_heads, shape.head_dim,
+                      shape.v_dim, threads);
+  const Index group = shape.group_size();
+  const Index g_rows = lay.g_rows;
+  const Index cache_len = shape.cache_len;
+  // Whole heads per thread when they share out evenly; otherwise split every head's rows too.
+  const Index max_splits = std::max<Index>(1, std::min<Index>(threads, cache_len / kGqaMinRowsPerSplit));
+  const Index splits = shape.num_kv_heads % threads == 0 ? 1 : max_splits;
+  const Index first_masked = cache_len - shape.q_len + 1;
+  const float qscale = softmax_scale * kLog2e;
+
+  parallel_for(pool, shape.num_kv_heads * splits, [&](Index task, int thread) {
+    const Index head = task / splits;
+    const Index split = task % splits;
+    const Index j_begin = cache_len * split / splits;
+    const Index j_end = cache_len * (split + 1) / splits;
+
+    FloatArena scratch(lay.scratch + thread * lay.scratch_stride);
+    float* qw = scratch.take(g_rows * lay.q_stride);
+    float* p = scratch.take(g_rows * kGqaTileRows);
+    float* alpha = scratch.take(g_rows);
+    // Row r of the head's block is token r / group, query head head * group + r % group.
+    for (Index r = 0; r < g_rows; ++r) {
+      const float* src = q + ((r / group) * shape.num_heads + head * group + r % group) * shape.head_dim;
+      float* dst = qw + r * lay.q_stride;
+      for (Index d = 0; d < shape.head_dim; ++d) dst[d] = src[d] * qscale;
+      for (Index d = shape.head_dim; d < lay.q_stride; ++d) dst[d] = 0.0f;
+    }
+    float* o = lay.part_o + task * g_rows * lay.o_stride;
+    float* run_max = lay.part_max + task * g_rows;
+    float* run_sum = lay.part_sum + task * g_rows;
+    std::fill(o, o + g_rows * lay.o_stride, 0.0f);
+    std::fill(run_max, run_max + g_rows, -std::numeric_limits<float>::infinity());
+    std::fill(run_sum, run_sum + g_rows, 0.0f);
+    const CacheScalar* kh = k + head * shape.k_head_stride;
+    const CacheScalar* vh = v + head * shape.v_head_stride;
+
+    for (Index t0 = j_begin; t0 < j_end; t0 += kGqaTileRows) {
+      const Index tn = std::min(kGqaTileRows, j_end - t0);
+      Ops::scores(qw, lay.q_stride, g_rows, shape.head_dim, kh + t0 * shape.head_dim, tn, p,
+                  kGqaTileRows);
+      if (t0 + tn > first_masked) {
+        for (Index r = 0; r < g_rows; ++r) {
+          const Index visible_end = first_masked + r / group;  // rows >= this are hidden from r
+          for (Index t = std::max<Index>(0, visible_end - t0); t < tn; ++t)
+            p[r * kGqaTileRows + t] = -std::numeric_limits<float>::infinity();
+        }
+      }
+      Ops::softmax(p, kGqaTileRows, g_rows, tn, run_max, run_sum, alpha);
+      Ops::accumulate(p, kGqaTileRows, g_rows, tn, vh + t0 * shape.v_dim, shape.v_dim, o,
+                      lay.o_stride, alpha);
+    }
+  });
+
+  const Index split_stride = g_rows * lay.o_stride;
+  for (Index head = 0; head < shape.num_kv_heads; ++head)
+    for (Index r = 0; r < g_rows; ++r) {
+      const Index row = (r / group) * shape.num_heads + head * group + r % group;
+      const Index slot = head * splits;
+      const float l = combine_splits(lay.part_o + slot * split_stride + r * lay.o_stride,
+                                     split_stride, lay.part_max + slot * g_rows + r,
+                                     lay.part_sum + slot * g_rows + r, g_rows, splits, shape.v_dim,
+                                     out + row * shape.v_dim);
+      if (lse != nullptr) lse[row] = l;
+    }
+}
+
+}  // namespace internal
+
+namespace kernels {
+
+/// Scratch memory for gqa_attention (per-split partial outputs and per-thread tiles) in one
+/// 64-byte aligned block. Reserve it once for the largest call; later calls that fit allocate
+/// nothing, a call that does not fit grows it (one allocation). Not shareable between concurrent
+/// calls.
+class GqaAttentionWorkspace {
+ public:
+  GqaAttentionWorkspace() = default;
+  GqaAttentionWorkspace(const GqaAttentionShape& shape, int threads) { reserve(shape, threads); }
+
+  /// Ensures room for calls with this shape's q_len, head counts and widths on `threads` threads
+  /// (cache_len and strides do not matter).
+  void reserve(const GqaAttentionShape& shape, int threads) {
+    MLA_CHECK_ARG(threads >= 1, "GqaAttentionWorkspace::reserve: threads must be >= 1, got ", threads);
+    MLA_CHECK_ARG(shape.q_len >= 1 && shape.num_kv_heads >= 1 && shape.num_heads >= 1 &&
+                      shape.num_heads % shape.num_kv_heads == 0 && shape.head_dim >= 1 &&
+                      shape.v_dim >= 1,
+                  "GqaAttentionWorkspace::reserve: bad shape q_len=", shape.q_len, " num_heads=",
+                  shape.num_heads, " num_kv_heads=", shape.num_kv_heads, " head_dim=", shape.head_dim,
+                  " v_dim=", shape.v_dim);
+    buffer_.grow(internal::GqaLayout(nullptr, shape.q_len, shape.num_heads, shape.num_kv_heads,
+                                     shape.head_dim, shape.v_dim, threads)
+                     .total);
+  }
+
+  /// Bytes currently held.
+  std::size_t bytes() const { return static_cast<std::size_t>(buffer_.size()) * sizeof(float); }
+
+  /// Start of the scratch block (for the kernel).
+  float* data() const { return buffer_.data(); }
+
+ private:
+  internal::AlignedFloats buffer_;
+};
+
+/// MHA / GQA decode attention (flash decoding, each kv head streamed once per call).
+///
+/// For token t (0 .. q_len-1), query head h and the visible cache rows j (j <= cache_len - q_len + t):
+///   s_j = softmax_scale * q[t, h] . K[h / group, j]
+///   out[t, h] = sum_j softmax(s)_j V[h / group, j],    lse[t, h] = log sum_j exp(s_j)  (if lse)
+/// Shapes: q [q_len, num_heads, head_dim], k [num_kv_heads, capacity, head_dim] (head stride
+/// k_head_stride), v [num_kv_heads, capacity, v_dim] (head stride v_head_stride), out [q_len,
+/// num_heads, v_dim], lse [q_len, num_heads]; float math, float or bfloat16 cache.
+/// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
+/// Throws std::invalid_argument for inconsistent shapes or null pointers.
+template <class CacheScalar>
+void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheScalar* k,
+                   const CacheScalar* v, float softmax_scale, float* out, float* lse,
+                   GqaAttentionWorkspace& ws, ThreadPool* pool = nullptr,
+                   KernelPath path = KernelPath::kAuto) {
+  static_assert(std::is_same_v<CacheScalar, float> || std::is_same_v<CacheScalar, bfloat16>,
+                "gqa_attention: the cache holds float or mla::bfloat16");
+  shape.validate();
+  MLA_CHECK_ARG(q != nullptr && k != nullptr && v != nullptr && out != nullptr,
+                "gqa attention: q, k, v and out must not be null");
+  ws.reserve(shape, num_threads(pool));
+#if defined(__AVX2__) && defined(__FMA__)
+  if (path == KernelPath::kAuto) {
+    internal::gqa_attention_run<internal::GqaAvx2Ops>(shape, q, k, v, softmax_scale, out, lse,
+                                                      ws.data(), pool);
+    return;
+  }
+#endif
+  (void)path;
+  internal::gqa_attention_run<internal::GqaPortableOps>(shape, q, k, v, softmax_scale, out, lse,
+                                                        ws.data(), pool);
+}
+
+}  // namespace kernels
+}  // namespace mla

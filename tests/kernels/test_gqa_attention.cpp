@@ -1,0 +1,252 @@
+// Tests for the fast MHA / GQA decode kernel against the double-precision reference loops: a sweep
+// of head layouts (MHA, GQA, MQA), q_len 1 .. 4, cache lengths around the 64-row tile and the split
+// boundaries, head widths that are not multiples of the SIMD width, float and bf16 caches, 1 and 2
+// threads, the AVX2 and the forced portable path; plus huge logits, identical scores, padded head
+// strides, argument checks and a count of heap allocations per call.
+#include "mla/kernels/gqa_attention.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mla/core/threading.hpp"
+#include "mla/reference/attention.hpp"
+
+// ---- Global operator new counter (counts only while g_count_allocs is set). ----
+namespace {
+std::atomic<bool> g_count_allocs{false};
+std::atomic<long> g_allocs{0};
+void* counted_alloc(std::size_t n, std::size_t align) {
+  if (g_count_allocs.load(std::memory_order_relaxed)) g_allocs.fetch_add(1);
+  if (n == 0) n = 1;
+  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align)
+                                              : std::malloc(n);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+}  // namespace
+void* operator new(std::size_t n) { return counted_alloc(n, 0); }
+void* operator new[](std::size_t n) { return counted_alloc(n, 0); }
+void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace {
+
+using mla::Index;
+using mla::bfloat16;
+using mla::kernels::GqaAttentionShape;
+using mla::kernels::GqaAttentionWorkspace;
+using mla::kernels::KernelPath;
+
+struct Inputs {
+  GqaAttentionShape shape;
+  std::vector<float> q, k_f, v_f;
+  std::vector<bfloat16> k_b, v_b;
+};
+
+// capacity_pad extra rows per head (head stride > cache_len * dim), as in a real cache.
+Inputs make_inputs(Index q_len, Index heads, Index kv_heads, Index head_dim, Index v_dim,
+                   Index cache_len, Index capacity_pad, unsigned seed) {
+  Inputs in;
+  GqaAttentionShape& s = in.shape;
+  s.q_len = q_len;
+  s.num_heads = heads;
+  s.num_kv_heads = kv_heads;
+  s.head_dim = head_dim;
+  s.v_dim = v_dim;
+  s.cache_len = cache_len;
+  s.k_head_stride = (cache_len + capacity_pad) * head_dim;
+  s.v_head_stride = (cache_len + capacity_pad) * v_dim;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  in.q.resize(std::size_t(q_len * heads * head_dim));
+  for (float& x : in.q) x = u(rng);
+  // The last head ends at row cache_len: reading past the last valid row leaves the buffer.
+  const std::size_t nk = std::size_t((kv_heads - 1) * s.k_head_stride + cache_len * head_dim);
+  const std::size_t nv = std::size_t((kv_heads - 1) * s.v_head_stride + cache_len * v_dim);
+  in.k_f.resize(nk);
+  in.k_b.resize(nk);
+  in.v_f.resize(nv);
+  in.v_b.resize(nv);
+  for (std::size_t i = 0; i < nk; ++i) {
+    in.k_f[i] = u(rng);
+    in.k_b[i] = bfloat16(u(rng));
+  }
+  for (std::size_t i = 0; i < nv; ++i) {
+    in.v_f[i] = u(rng);
+    in.v_b[i] = bfloat16(u(rng));
+  }
+  return in;
+}
+
+float rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  float e = 0.0f, m = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    e = std::max(e, std::abs(a[i] - b[i]));
+    m = std::max(m, std::abs(b[i]));
+  }
+  return e / std::max(m, 1e-30f);
+}
+
+template <class T>
+struct Cache;
+template <>
+struct Cache<float> {
+  static const float* k(const Inputs& in) { return in.k_f.data(); }
+  static const float* v(const Inputs& in) { return in.v_f.data(); }
+};
+template <>
+struct Cache<bfloat16> {
+  static const bfloat16* k(const Inputs& in) { return in.k_b.data(); }
+  static const bfloat16* v(const Inputs& in) { return in.v_b.data(); }
+};
+
+template <class T>
+void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol = 1e-5f) {
+  const GqaAttentionShape& s = in.shape;
+  const std::size_t rows = std::size_t(s.q_len * s.num_heads);
+  std::vector<float> ref(rows * std::size_t(s.v_dim));
+  std::vector<float> ref_lse(rows);
+  mla::reference::gqa_attention(s, in.q.data(), Cache<T>::k(in), Cache<T>::v(in), scale, ref.data(),
+                                ref_lse.data());
+  mla::ThreadPool pool1(1);
+  GqaAttentionWorkspace ws;
+  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+    for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, pool2}) {
+      std::vector<float> out(ref.size(), NAN), lse(rows, NAN);
+      mla::kernels::gqa_attention(s, in.q.data(), Cache<T>::k(in), Cache<T>::v(in), scale, out.data(),
+                                  lse.data(), ws, pool, path);
+      const std::string what = ::testing::PrintToString(std::vector<Index>{
+          s.q_len, s.num_heads, s.num_kv_heads, s.head_dim, s.v_dim, s.cache_len,
+          s.k_head_stride, mla::num_threads(pool), path == KernelPath::kPortable});
+      ASSERT_LE(rel_err(out, ref), tol)
+          << "q_len, heads, kv_heads, head_dim, v_dim, L, k_head_stride, threads, portable = " << what;
+      for (std::size_t i = 0; i < rows; ++i)
+        ASSERT_NEAR(lse[i], ref_lse[i], 1e-5f * std::max(1.0f, std::abs(ref_lse[i]))) << "lse " << i << " " << what;
+    }
+  }
+}
+
+struct Heads {
+  Index heads, kv_heads;
+};
+
+TEST(GqaAttention, MatchesReferenceSweep) {
+  mla::ThreadPool pool2(2);
+  // MHA, GQA (group 3, 4), MQA, odd kv head counts (threads do not divide them: split-KV).
+  const Heads hs[] = {{1, 1}, {4, 4}, {6, 2}, {8, 2}, {3, 1}, {9, 3}};
+  const Index lens[] = {1, 2, 7, 63, 64, 65, 300, 1000};
+  const std::pair<Index, Index> dims[] = {{20, 20}, {13, 29}, {64, 64}, {128, 128}};
+  unsigned seed = 1;
+  for (auto [head_dim, v_dim] : dims)
+    for (const Heads& h : hs)
+      for (Index q_len = 1; q_len <= 4; ++q_len)
+        for (Index len : lens) {
+          if (len < q_len) continue;
+          // Keep the double reference quick: the widest heads on fewer combinations.
+          if (head_dim >= 64 && (q_len == 2 || q_len == 3 || len == 1000 || h.heads > 6)) continue;
+          const Inputs in = make_inputs(q_len, h.heads, h.kv_heads, head_dim, v_dim, len,
+                                        seed % 2 == 0 ? 3 : 0, seed);
+          ++seed;
+          check_case<float>(in, 0.25f, &pool2);
+          check_case<bfloat16>(in, 0.25f, &pool2);
+        }
+}
+
+TEST(GqaAttention, HugeLogitsStayFinite) {
+  mla::ThreadPool pool2(2);
+  const Inputs in = make_inputs(2, 8, 2, 24, 24, 300, 0, 7);
+  check_case<float>(in, 1e4f, &pool2);
+  check_case<bfloat16>(in, 1e4f, &pool2);
+}
+
+TEST(GqaAttention, IdenticalScoresGiveTheMeanRow) {
+  const Index q_len = 3, heads = 4, kv_heads = 2, dim = 12, len = 150;
+  Inputs in = make_inputs(q_len, heads, kv_heads, dim, dim, len, 0, 9);
+  std::fill(in.q.begin(), in.q.end(), 0.0f);
+  mla::ThreadPool pool2(2);
+  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable})
+    for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
+      GqaAttentionWorkspace ws;
+      std::vector<float> out(std::size_t(q_len * heads * dim)), lse(std::size_t(q_len * heads));
+      mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_f.data(), in.v_f.data(), 1.0f,
+                                  out.data(), lse.data(), ws, pool, path);
+      for (Index t = 0; t < q_len; ++t)
+        for (Index h = 0; h < heads; ++h) {
+          const Index visible = len - q_len + t + 1;
+          const Index kvh = h / (heads / kv_heads);
+          EXPECT_NEAR(lse[std::size_t(t * heads + h)], std::log(double(visible)), 1e-5);
+          for (Index d = 0; d < dim; ++d) {
+            double mean = 0.0;
+            for (Index j = 0; j < visible; ++j)
+              mean += in.v_f[std::size_t(kvh * in.shape.v_head_stride + j * dim + d)];
+            mean /= double(visible);
+            EXPECT_NEAR(out[std::size_t((t * heads + h) * dim + d)], mean, 1e-5);
+          }
+        }
+    }
+}
+
+TEST(GqaAttention, NoAllocationWithReservedWorkspace) {
+  mla::ThreadPool pool2(2);
+  const Inputs in = make_inputs(2, 6, 3, 128, 128, 500, 0, 5);
+  GqaAttentionWorkspace ws(in.shape, 2);
+  const std::size_t bytes = ws.bytes();
+  std::vector<float> out(std::size_t(2 * 6 * 128)), lse(12);
+  for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2})
+    for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+      g_allocs = 0;
+      g_count_allocs = true;
+      mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_f.data(), in.v_f.data(), 0.1f,
+                                  out.data(), lse.data(), ws, pool, path);
+      mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_b.data(), in.v_b.data(), 0.1f,
+                                  out.data(), lse.data(), ws, pool, path);
+      g_count_allocs = false;
+      EXPECT_EQ(g_allocs.load(), 0) << "threads " << mla::num_threads(pool);
+    }
+  EXPECT_EQ(ws.bytes(), bytes);
+}
+
+TEST(GqaAttention, RejectsBadShapes) {
+  const Inputs in = make_inputs(1, 4, 2, 8, 8, 10, 0, 3);
+  GqaAttentionWorkspace ws;
+  std::vector<float> out(32);
+  auto call = [&](GqaAttentionShape s) {
+    mla::kernels::gqa_attention(s, in.q.data(), in.k_f.data(), in.v_f.data(), 1.0f, out.data(),
+                                nullptr, ws);
+  };
+  GqaAttentionShape s = in.shape;
+  s.num_kv_heads = 3;  // 4 heads do not split into 3 groups
+  EXPECT_THROW(call(s), std::invalid_argument);
+  s = in.shape;
+  s.q_len = 11;
+  EXPECT_THROW(call(s), std::invalid_argument);
+  s = in.shape;
+  s.k_head_stride = 8 * 9;  // shorter than cache_len rows
+  EXPECT_THROW(call(s), std::invalid_argument);
+  try {
+    s = in.shape;
+    s.num_kv_heads = 3;
+    call(s);
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("num_heads (4)"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

@@ -322,6 +322,7 @@ TEST(Safetensors, IntegerConversionsAreRangeChecked) {
   expect_throw<std::runtime_error>([&] { file.read<std::uint8_t>("i8"); }, {"element 0", "-128"});
   EXPECT_EQ(file.read<int>("flags"), (std::vector<int>{0, 1, 1}));
   EXPECT_EQ(file.read<float>("flags"), (std::vector<float>{0.0f, 1.0f, 1.0f}));
+  EXPECT_EQ(file.read_vector<std::int64_t>("i64", 3)(1), 1LL << 40);
   expect_throw<std::runtime_error>([&] { file.read<std::int64_t>("f"); }, {"'f'", "F32", "integer"});
 }
 
@@ -665,6 +666,9 @@ TEST(Fp8, CustomBlockSizeE5m2AndBadScales) {
   }
   expect_throw<std::runtime_error>([&] { f.read_matrix<float>("e4.weight", 70, 33); },
                                    {"e4.weight_scale_inv", "dtype I32"});
+  // FP8 values (NaN included) have no integer reading, scaled or not.
+  expect_throw<std::runtime_error>([&] { f.read_matrix<std::int32_t>("e5.weight", 70, 33); },
+                                   {"'e5.weight'", "F8_E5M2", "integer"});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ void dequantize_fp8_blockwise(const std::uint8_t* codes, Fp8Format format, Index
                 "dequantize_fp8_blockwise: weight [", rows, ", ", cols, "] with blocks [", block.rows,
                 ", ", block.cols, "] needs scales [", fp8_scale_dim(rows, block.rows), ", ",
                 fp8_scale_dim(cols, block.cols), "], got [", scale_rows, ", ", scale_cols, "]");
+  static_assert(!std::is_integral<Scalar>::value,
+                "dequantize_fp8_blockwise: Scalar must be a floating type (NaN codes have no integer value)");
   using Acc = std::conditional_t<std::is_same<Scalar, double>::value, double, float>;
   const std::array<float, 256>& table = fp8_table(format);
   for (Index i = 0; i < rows; ++i) {

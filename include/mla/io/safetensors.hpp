@@ -315,33 +315,36 @@ Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index 
   const TensorInfo& ti = r.info(name);
   check_shape(ti, {rows, cols}, r.where(name));
   Matrix<Scalar> m(rows, cols);
-  const std::string scale_name = name + "_scale_inv";
-  const bool fp8 = ti.dtype == Dtype::kF8E4M3 || ti.dtype == Dtype::kF8E5M2;
-  if (fp8 && r.contains(scale_name)) {
-    MLA_CHECK_ARG(block.rows > 0 && block.cols > 0, "FP8 block size [", block.rows, ", ", block.cols,
-                  "] must be positive");
-    const TensorInfo& si = r.info(scale_name);
-    const std::vector<std::int64_t> want = {fp8_scale_dim(rows, block.rows),
-                                            fp8_scale_dim(cols, block.cols)};
-    if (si.shape != want) {
-      throw std::runtime_error(str_cat(
-          "scale tensor '", scale_name, "' in '", r.where(scale_name), "' of FP8 weight '", name, "' ",
-          shape_str(ti.shape), " with ", block.rows, "x", block.cols, " blocks: expected shape ",
-          shape_str(want), ", file has ", shape_str(si.shape)));
+  // Integer targets skip this and reach read_into, which refuses float dtypes with a clear message.
+  if constexpr (kIsFloatTarget<Scalar>) {
+    const std::string scale_name = name + "_scale_inv";
+    const bool fp8 = ti.dtype == Dtype::kF8E4M3 || ti.dtype == Dtype::kF8E5M2;
+    if (fp8 && r.contains(scale_name)) {
+      MLA_CHECK_ARG(block.rows > 0 && block.cols > 0, "FP8 block size [", block.rows, ", ",
+                    block.cols, "] must be positive");
+      const TensorInfo& si = r.info(scale_name);
+      const std::vector<std::int64_t> want = {fp8_scale_dim(rows, block.rows),
+                                              fp8_scale_dim(cols, block.cols)};
+      if (si.shape != want) {
+        throw std::runtime_error(str_cat(
+            "scale tensor '", scale_name, "' in '", r.where(scale_name), "' of FP8 weight '", name,
+            "' ", shape_str(ti.shape), " with ", block.rows, "x", block.cols,
+            " blocks: expected shape ", shape_str(want), ", file has ", shape_str(si.shape)));
+      }
+      if (!dtype_is_float(si.dtype)) {
+        throw std::runtime_error(str_cat("scale tensor '", scale_name, "' in '", r.where(scale_name),
+                                         "' has dtype ", dtype_name(si.dtype),
+                                         ", expected a float dtype (F32)"));
+      }
+      const std::vector<float> scale = r.template read<float>(scale_name);
+      const std::vector<std::uint8_t> codes = r.read_bytes(name);
+      dequantize_fp8_blockwise(codes.data(),
+                               ti.dtype == Dtype::kF8E4M3 ? Fp8Format::kE4M3 : Fp8Format::kE5M2,
+                               rows, cols, scale.data(), want[0], want[1], block, m.data());
+      return m;
     }
-    if (!dtype_is_float(si.dtype)) {
-      throw std::runtime_error(str_cat("scale tensor '", scale_name, "' in '", r.where(scale_name),
-                                       "' has dtype ", dtype_name(si.dtype),
-                                       ", expected a float dtype (F32)"));
-    }
-    const std::vector<float> scale = r.template read<float>(scale_name);
-    const std::vector<std::uint8_t> codes = r.read_bytes(name);
-    dequantize_fp8_blockwise(codes.data(),
-                             ti.dtype == Dtype::kF8E4M3 ? Fp8Format::kE4M3 : Fp8Format::kE5M2, rows,
-                             cols, scale.data(), want[0], want[1], block, m.data());
-  } else {
-    r.read_into(name, m.data());
   }
+  r.read_into(name, m.data());
   return m;
 }
 

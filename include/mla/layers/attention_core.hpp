@@ -7,6 +7,7 @@
 // [0, L - T + t], L = cache.size() after the append.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 
 #include "mla/cache/kv_cache.hpp"
@@ -35,6 +36,30 @@ ConstMatrixMap<Scalar> as_scalar(const T* data, Index rows, Index cols, Workspac
   }
 }
 
+/// out [T, Dv] = P [T, L] V [L, Dv] for the causally masked probabilities of the T new tokens
+/// (the last T of L): row t uses only columns [0, L-T+t]. Rows go in tiles of 64; the columns
+/// every row of a tile sees are one GEMM, the small triangle on the diagonal is done row by row,
+/// so a masked-out (zero) probability never meets a later token's value: 0 * NaN would otherwise
+/// leak a NaN input into earlier tokens' outputs (Eigen's triangular product multiplies the
+/// zeros too).
+template <class P, class V, class Out>
+void causal_probs_times_values(const P& p, const V& v, Out& out) {
+  constexpr Index kTile = 64;
+  const Index T = p.rows(), L0 = p.cols() - T;
+  for (Index r0 = 0; r0 < T; r0 += kTile) {
+    const Index rows = std::min(kTile, T - r0), full = L0 + r0;
+    auto o = out.middleRows(r0, rows);
+    if (full > 0)
+      o.noalias() = p.block(r0, 0, rows, full) * v.topRows(full);
+    else
+      o.setZero();
+    for (Index t = r0; t < r0 + rows; ++t) {
+      const Index extra = t - r0 + 1;
+      out.row(t).noalias() += p.row(t).segment(full, extra) * v.middleRows(full, extra);
+    }
+  }
+}
+
 /// Multi-head attention of T new tokens over a KvCache (which already holds them).
 ///   q    [T, H, D]   (token rows `q_stride` apart), RoPE applied
 ///   out  [T, H, Dv]  (token rows `out_stride` apart)
@@ -57,7 +82,7 @@ void gqa_attention_generic(const Scalar* q, Index q_stride, Index num_tokens, In
       s.noalias() = qh * k.transpose();
       s *= static_cast<Scalar>(scale);
       softmax_rows_masked(s, [&](Index t) { return first_visible + t; });
-      oh.noalias() = s * v;
+      causal_probs_times_values(s, v, oh);
     }
   }
 }

@@ -326,7 +326,8 @@ class MultiHeadLatentAttention {
       s.noalias() += q_pe * c.rightCols(P).transpose();
       s *= scale;
       softmax_rows_masked(s, [&](Index t) { return first_visible + t; });
-      heads.middleCols(h * V, V).noalias() = s * v;
+      auto out_h = heads.middleCols(h * V, V);
+      internal::causal_probs_times_values(s, v, out_h);
     }
   }
 

@@ -1,0 +1,132 @@
+// config.json parsing: every reference case, the released-checkpoint layout (rope_scaling +
+// rope_theta), presets against their own validate(), and clear errors for broken configs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "mla/io/hf_config.hpp"
+#include "mla/presets.hpp"
+#include "support/reference_dir.hpp"
+
+namespace mla {
+namespace {
+
+nlohmann::json case_config(const char* name) {
+  return io::read_json_file((testing::reference_dir() / name / "config.json").string());
+}
+
+TEST(HfConfig, ReadsDeepSeekV3Case) {
+  const MlaConfig c = io::parse_mla_config(case_config("deepseek_v3_tiny"));
+  EXPECT_EQ(c.hidden_size, 256);
+  EXPECT_EQ(c.num_attention_heads, 4);
+  EXPECT_EQ(c.q_lora_rank, 96);
+  EXPECT_EQ(c.kv_lora_rank, 64);
+  EXPECT_EQ(c.qk_nope_head_dim, 32);
+  EXPECT_EQ(c.qk_rope_head_dim, 16);
+  EXPECT_EQ(c.v_head_dim, 32);
+  EXPECT_EQ(c.rope.rope_type, RopeType::kYarn);
+  EXPECT_EQ(c.rope.layout, RopeLayout::kInterleaved);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 4.0);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 64);
+  // The case's README: 48^-0.5 * (0.1 ln 4 + 1)^2.
+  EXPECT_NEAR(c.softmax_scale(), 0.18713033519502428, 1e-15);
+}
+
+TEST(HfConfig, ReadsV2LiteWithoutQueryCompression) {
+  const nlohmann::json j = case_config("deepseek_v2_lite_tiny");
+  ASSERT_TRUE(io::is_mla_config(j));
+  const MlaConfig c = io::parse_mla_config(j);
+  EXPECT_FALSE(c.has_q_lora());
+  EXPECT_EQ(c.rope.rope_type, RopeType::kDefault);
+  EXPECT_EQ(c.rope.layout, RopeLayout::kInterleaved);
+  EXPECT_NEAR(c.softmax_scale(), 0.14433756729740643, 1e-15);
+}
+
+TEST(HfConfig, ReadsLlamaAndQwen2Biases) {
+  const AttentionConfig llama = io::parse_attention_config(case_config("llama_gqa_tiny"));
+  EXPECT_EQ(llama.num_key_value_heads, 2);
+  EXPECT_FALSE(llama.qkv_bias);
+  EXPECT_EQ(llama.rope.layout, RopeLayout::kRotateHalf);
+  EXPECT_DOUBLE_EQ(llama.rope.rope_theta, 5e5);
+  const AttentionConfig qwen = io::parse_attention_config(case_config("qwen2_gqa_tiny"));
+  EXPECT_TRUE(qwen.qkv_bias);
+  EXPECT_FALSE(qwen.o_bias);
+  EXPECT_DOUBLE_EQ(qwen.rope.rope_theta, 1e6);
+  EXPECT_FALSE(io::is_mla_config(case_config("qwen2_gqa_tiny")));
+}
+
+TEST(HfConfig, ReadsReleasedCheckpointLayout) {
+  // The layout of deepseek-ai/DeepSeek-V3's config.json: rope_theta at top level, rope_scaling
+  // with "type", q/kv ranks as numbers.
+  const nlohmann::json j = nlohmann::json::parse(R"({
+    "model_type": "deepseek_v3", "hidden_size": 7168, "num_attention_heads": 128,
+    "num_key_value_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "max_position_embeddings": 163840, "num_hidden_layers": 61, "rope_theta": 10000,
+    "attention_bias": false,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                     "type": "yarn"}})");
+  const MlaConfig c = io::parse_mla_config(j);
+  const MlaConfig p = presets::deepseek_v3();
+  EXPECT_EQ(c.hidden_size, p.hidden_size);
+  EXPECT_EQ(c.num_hidden_layers, p.num_hidden_layers);
+  EXPECT_EQ(c.rope.rope_type, RopeType::kYarn);
+  EXPECT_DOUBLE_EQ(c.softmax_scale(), p.softmax_scale());
+  EXPECT_DOUBLE_EQ(c.rope.attention_factor(), 1.0);
+}
+
+TEST(HfConfig, ReadsLlama3RopeScaling) {
+  const nlohmann::json j = nlohmann::json::parse(R"({
+    "model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"}})");
+  const AttentionConfig c = io::parse_attention_config(j);
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.rope.rope_type, RopeType::kLlama3);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 8.0);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 8192);
+}
+
+TEST(HfConfig, ErrorsNameTheKey) {
+  auto expect_error = [](const char* text, const char* needle) {
+    try {
+      io::parse_mla_config(nlohmann::json::parse(text));
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(R"({"hidden_size": 64})", "num_attention_heads");
+  expect_error(R"({"hidden_size": "big", "num_attention_heads": 2})", "hidden_size");
+  expect_error(R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 16,
+                   "qk_nope_head_dim": 8, "qk_rope_head_dim": 5, "v_head_dim": 8})",
+               "rotary dimension (5)");
+  expect_error(R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 16,
+                   "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
+                   "rope_scaling": {"type": "dynamic", "factor": 2}})",
+               "unsupported rope type 'dynamic'");
+  expect_error(R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 0,
+                   "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8})",
+               "kv_lora_rank (0)");
+}
+
+TEST(Presets, AllValidateAndHaveThePublishedShapes) {
+  for (const MlaConfig& c : {presets::deepseek_v3(), presets::deepseek_r1(), presets::deepseek_v2(),
+                             presets::deepseek_v2_lite()}) {
+    EXPECT_NO_THROW(c.validate());
+    EXPECT_EQ(c.latent_dim(), 576);
+  }
+  for (const AttentionConfig& c :
+       {presets::qwen2_5_32b(), presets::qwen2_5_72b(), presets::llama3_1_8b(),
+        presets::llama3_1_70b(), presets::llama3_1_405b(), presets::mha_128x128()}) {
+    EXPECT_NO_THROW(c.validate());
+    EXPECT_EQ(c.head_dim, 128);
+  }
+  EXPECT_EQ(presets::qwen2_5_72b().kv_values_per_token(), 2048);
+  EXPECT_EQ(presets::deepseek_v3().decompressed_values_per_token(), 128 * (192 + 128));
+}
+
+}  // namespace
+}  // namespace mla

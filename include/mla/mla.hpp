@@ -16,6 +16,7 @@
 #include "mla/cache/latent_cache.hpp"
 #include "mla/layers/gqa.hpp"
 #include "mla/layers/mla.hpp"
+#include "mla/layers/sharding.hpp"
 #include "mla/io/safetensors.hpp"
 #include "mla/io/checkpoint.hpp"
 #include "mla/io/hf_config.hpp"

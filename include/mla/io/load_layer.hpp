@@ -13,6 +13,7 @@
 #include "mla/io/hf_config.hpp"
 #include "mla/layers/gqa.hpp"
 #include "mla/layers/mla.hpp"
+#include "mla/layers/sharding.hpp"
 
 namespace mla::io {
 
@@ -67,12 +68,12 @@ GroupedQueryAttention<Scalar> load_gqa_layer(
   return GroupedQueryAttention<Scalar>(cfg, std::move(w), options);
 }
 
-/// MLA layer `layer` from a tensor source, with `cfg` (e.g. parse_mla_config()). A config that
-/// sets q_lora_rank needs q_a_proj / q_a_layernorm / q_b_proj; one without needs q_proj.
+/// The MLA weights of `layer` from a tensor source, with `cfg` (e.g. parse_mla_config()). A
+/// config that sets q_lora_rank needs q_a_proj / q_a_layernorm / q_b_proj; one without q_proj.
 template <class Scalar, class Source>
-MultiHeadLatentAttention<Scalar> load_mla_layer(
-    const Source& src, const MlaConfig& cfg, int layer,
-    typename MultiHeadLatentAttention<Scalar>::Options options = {}) {
+typename MultiHeadLatentAttention<Scalar>::Weights load_mla_weights(const Source& src,
+                                                                    const MlaConfig& cfg,
+                                                                    int layer) {
   cfg.validate();
   const std::string p = attention_prefix(layer);
   const Index hidden = cfg.hidden_size, H = cfg.num_attention_heads, qk = cfg.qk_head_dim(),
@@ -100,7 +101,24 @@ MultiHeadLatentAttention<Scalar> load_mla_layer(
   w.kv_b_proj =
       detail::read_linear<Scalar>(src, p, "kv_b_proj", H * (cfg.qk_nope_head_dim + V), R, false);
   w.o_proj = detail::read_linear<Scalar>(src, p, "o_proj", hidden, H * V, bias);
-  return MultiHeadLatentAttention<Scalar>(cfg, std::move(w), options);
+  return w;
+}
+
+/// MLA layer `layer` from a tensor source (see load_mla_weights()).
+template <class Scalar, class Source>
+MultiHeadLatentAttention<Scalar> load_mla_layer(
+    const Source& src, const MlaConfig& cfg, int layer,
+    typename MultiHeadLatentAttention<Scalar>::Options options = {}) {
+  return MultiHeadLatentAttention<Scalar>(cfg, load_mla_weights<Scalar>(src, cfg, layer), options);
+}
+
+/// One tensor-parallel head shard of MLA layer `layer` (see layers/sharding.hpp): its partial
+/// outputs summed over shards equal the full layer's.
+template <class Scalar, class Source>
+MultiHeadLatentAttention<Scalar> load_mla_layer_shard(
+    const Source& src, const MlaConfig& cfg, int layer, HeadShard shard,
+    typename MultiHeadLatentAttention<Scalar>::Options options = {}) {
+  return make_mla_shard<Scalar>(cfg, load_mla_weights<Scalar>(src, cfg, layer), shard, options);
 }
 
 /// Opens a Hugging Face model folder (config.json + *.safetensors) and builds the MHA/GQA

@@ -33,8 +33,8 @@
 // heads split over the pool), scores, softmax and P V: the FLOPs of the layer's naive path.
 // The layer part runs 1 thread (the layer API takes no thread pool).
 //
-// Modes: --quick (default) core, f32, threads 1, L 1k and 4k, all designs: about a minute on 2
-// cores. --full: core and layer, f32 and bf16, L 1k/4k/16k/32k, threads 1 and 2 (core), prefill
+// Modes: --quick (default) core, f32, L 1k and 4k, 1 and 2 threads, all designs: under a minute
+// on 2 cores (about two with --benchmark_repetitions=3). --full: core and layer, f32 and bf16, L 1k/4k/16k/32k, threads 1 and 2 (core), prefill
 // T 512 and 2048. By default mla_naive_recompute is skipped above L = 4k (~137 GFLOP per step at
 // 4k, 1.1 TFLOP at 32k) and mla_naive_cached above 16k (its f32 cache is 2.7 GB per layer at 16k);
 // --no-skip runs them. Google Benchmark flags pass through (--benchmark_filter,
@@ -712,7 +712,7 @@ void usage() {
       "                    [Google Benchmark flags, e.g. --benchmark_repetitions=3\n"
       "                     --benchmark_out=decode.json --benchmark_out_format=json\n"
       "                     --benchmark_filter=mla_absorbed]\n"
-      "  --quick     (default) core part, f32 cache, 1 thread, L = 1k and 4k, all designs\n"
+      "  --quick     (default) core part, f32 cache, L = 1k and 4k, 1 and 2 threads\n"
       "  --full      core and layer, f32 and bf16, L = 1k/4k/16k/32k, 1 and 2 threads (core;\n"
       "              the layer runs 1 thread), prefill T = 512 and 2048 (MLA, both paths)\n"
       "  --contexts  decode context lengths (e.g. add 65536 where memory allows)\n"
@@ -859,7 +859,7 @@ int main(int argc, char** argv) {
   }
   if (!contexts_set)
     o.contexts = o.full ? std::vector<Index>{1024, 4096, 16384, 32768} : std::vector<Index>{1024, 4096};
-  if (!threads_set) o.threads = o.full ? std::vector<int>{1, 2} : std::vector<int>{1};
+  if (!threads_set) o.threads = {1, 2};
   if (!types_set)
     o.types = o.full ? std::vector<CacheType>{CacheType::kF32, CacheType::kBf16}
                      : std::vector<CacheType>{CacheType::kF32};

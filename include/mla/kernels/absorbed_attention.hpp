@@ -31,19 +31,25 @@ namespace mla {
 namespace internal {
 
 // Tile and block sizes, chosen for this class of core (Zen 3/4: 32 KiB L1d, 512 KiB-1 MiB L2,
-// two 256-bit FMA pipes with 4-cycle latency, so >= 8 independent accumulators are needed):
+// two 256-bit FMA pipes with 4-cycle latency, so >= 8 independent accumulators are needed) and
+// checked by sweeping them in benchmarks/kernel_bench.cpp's shapes:
 // - Micro-kernels are 16 x 6 (scores: 16 query rows in two ymm x 6 cache rows) and 6 x 16
 //   (output: 6 query rows x 16 latent columns): 12 accumulators + 2 loads + 1 broadcast = 15 of
 //   the 16 ymm registers, 8 loads per 12 FMAs.
-// - kTileRows = 64 cache rows per softmax step: the tile (64 x 576 floats = 144 KiB), the packed
-//   query (128 x 576 = 288 KiB), the output accumulator (128 x 512 = 256 KiB) and S^T (64 x 128 =
-//   32 KiB) together stay inside a 1 MiB L2, while the 6 cache rows of one scores block (13.5 KiB)
-//   and the 64 x 16 column strip of one output block (4 KiB) stay in L1. A larger tile would spill
-//   L2; a smaller one reloads and rescales the 256 KiB accumulator more often per FLOP.
-// - kRowsPerPass = 128 query rows per pass over the cache: M = 256 (2 tokens x 128 heads) would
+// - In both GEMMs the vector operand (16 floats per k step) must come from L1 and the broadcast
+//   operand (6 floats per k step) may stream from L2 (the BLIS rule). Scores: a 16 x kMlaScoresKc
+//   query sub-panel (18 KiB) stays in L1 while all cache rows of the tile stream past it.
+//   Output: a tn x 16 column strip of the tile (2.3 KiB) and the whole P^T tile (tn x 128 floats
+//   = 18 KiB at tn = 36) stay in L1 while the rows of O (256 KiB, in L2) stream through.
+// - kMlaTileRows = 36 cache rows per softmax step (a multiple of the 6-row block) is the largest
+//   tile whose P^T still fits in L1 next to the column strip; each tile rescales and reloads O
+//   once, ~5% of the tile's FMAs. 24 and 48 measured 2-4% slower, 72 up to 15% slower. The tile
+//   (36 x 576 floats = 81 KiB), the packed query (288 KiB) and O (256 KiB) share the L2.
+// - kMlaRowsPerPass = 128 query rows per pass over the cache: M = 256 (2 tokens x 128 heads) would
 //   double the query and accumulator and spill L2; re-reading the cache per pass instead costs
 //   only ~2.3 KB of memory traffic per 280 kFLOP.
-inline constexpr Index kMlaTileRows = 64;
+inline constexpr Index kMlaTileRows = 36;
+inline constexpr Index kMlaScoresKc = 288;
 inline constexpr Index kMlaPanel = 16;
 inline constexpr Index kMlaRowsPerPass = 128;
 // Fewer cache rows than this per split and the split-KV bookkeeping outweighs the work.
@@ -172,54 +178,73 @@ struct MlaAvx2Ops {
     widen_rows_avx2(src, src_stride, rows, cols, dst, dst_stride);
   }
 
-  // 16 query rows (one packed panel, two ymm) x NT cache rows; broadcasts come straight from the
-  // cache rows, so neither operand is repacked per tile.
-  template <int NT>
-  static void scores_block(const float* q, const float* rows, Index stride, Index k_dim, float* st,
+  // 16 query rows (one packed panel, two ymm) x NT cache rows over k in [0, kc); broadcasts come
+  // straight from the cache rows, so neither operand is repacked per tile. kAdd: add to st.
+  template <int NT, bool kAdd>
+  MLA_NOINLINE static void scores_block(const float* q, const float* rows, Index stride, Index kc, float* st,
                            Index lds) {
     __m256 acc0[NT], acc1[NT];
     const float* r[NT];
+    MLA_UNROLL
     for (int j = 0; j < NT; ++j) {
       acc0[j] = _mm256_setzero_ps();
       acc1[j] = _mm256_setzero_ps();
       r[j] = rows + j * stride;
     }
-    for (Index k = 0; k < k_dim; ++k) {
+    for (Index k = 0; k < kc; ++k) {
       const __m256 a0 = _mm256_load_ps(q + k * kMlaPanel);
       const __m256 a1 = _mm256_load_ps(q + k * kMlaPanel + 8);
+      MLA_UNROLL
       for (int j = 0; j < NT; ++j) {
         const __m256 b = _mm256_broadcast_ss(r[j] + k);
         acc0[j] = _mm256_fmadd_ps(a0, b, acc0[j]);
         acc1[j] = _mm256_fmadd_ps(a1, b, acc1[j]);
       }
     }
+    MLA_UNROLL
     for (int j = 0; j < NT; ++j) {
+      if (kAdd) {
+        acc0[j] = _mm256_add_ps(acc0[j], _mm256_load_ps(st + j * lds));
+        acc1[j] = _mm256_add_ps(acc1[j], _mm256_load_ps(st + j * lds + 8));
+      }
       _mm256_store_ps(st + j * lds, acc0[j]);
       _mm256_store_ps(st + j * lds + 8, acc1[j]);
     }
   }
 
-  template <int NT>
-  static void scores_rows(const float* qp, Index panels, Index k_dim, const float* rows,
-                          Index stride, float* st, Index lds) {
-    for (Index p = 0; p < panels; ++p)
-      scores_block<NT>(qp + p * kMlaPanel * k_dim, rows, stride, k_dim, st + p * kMlaPanel, lds);
+  template <bool kAdd>
+  static void scores_panel(const float* q, const float* rows, Index stride, Index kc, Index tn,
+                           float* st, Index lds) {
+    Index t = 0;
+    for (; t + 6 <= tn; t += 6) scores_block<6, kAdd>(q, rows + t * stride, stride, kc, st + t * lds, lds);
+    const float* r = rows + t * stride;
+    float* s = st + t * lds;
+    switch (tn - t) {
+      case 5: scores_block<5, kAdd>(q, r, stride, kc, s, lds); break;
+      case 4: scores_block<4, kAdd>(q, r, stride, kc, s, lds); break;
+      case 3: scores_block<3, kAdd>(q, r, stride, kc, s, lds); break;
+      case 2: scores_block<2, kAdd>(q, r, stride, kc, s, lds); break;
+      case 1: scores_block<1, kAdd>(q, r, stride, kc, s, lds); break;
+      default: break;
+    }
   }
 
   static void scores(const float* qp, Index panels, Index k_dim, const float* rows, Index stride,
                      Index tn, float* st, Index lds) {
-    // Cache rows outer: the 6 rows of a block stay in L1 while the packed query streams from L2.
-    Index t = 0;
-    for (; t + 6 <= tn; t += 6) scores_rows<6>(qp, panels, k_dim, rows + t * stride, stride, st + t * lds, lds);
-    const float* r = rows + t * stride;
-    float* s = st + t * lds;
-    switch (tn - t) {
-      case 5: scores_rows<5>(qp, panels, k_dim, r, stride, s, lds); break;
-      case 4: scores_rows<4>(qp, panels, k_dim, r, stride, s, lds); break;
-      case 3: scores_rows<3>(qp, panels, k_dim, r, stride, s, lds); break;
-      case 2: scores_rows<2>(qp, panels, k_dim, r, stride, s, lds); break;
-      case 1: scores_rows<1>(qp, panels, k_dim, r, stride, s, lds); break;
-      default: break;
+    // Query panels outer, cache rows inner (BLIS order): the 16 x kc query sub-panel is the
+    // vector operand, loaded every k step, so it must sit in L1 (kc <= kMlaScoresKc keeps it at
+    // <= 18 KiB); the cache rows are the broadcast operand, 24 B per k step, streamed from L2.
+    const Index chunks = (k_dim + kMlaScoresKc - 1) / kMlaScoresKc;
+    for (Index c = 0; c < chunks; ++c) {
+      const Index k0 = k_dim * c / chunks;
+      const Index kc = k_dim * (c + 1) / chunks - k0;
+      for (Index p = 0; p < panels; ++p) {
+        const float* q = qp + p * kMlaPanel * k_dim + k0 * kMlaPanel;
+        if (c == 0)
+          scores_panel<false>(q, rows + k0, stride, kc, tn, st + p * kMlaPanel, lds);
+        else
+          scores_panel<true>(q, rows + k0, stride, kc, tn, st + p * kMlaPanel, lds);
+      }
     }
   }
 
@@ -260,10 +285,11 @@ struct MlaAvx2Ops {
   // MR query rows x 16 latent columns over tn cache rows; the accumulator block is rescaled by
   // alpha as it is loaded, so the online-softmax correction costs no extra pass over O.
   template <int MR, bool kMasked>
-  static void accumulate_block(const float* pt, Index lds, Index tn, const float* rows,
+  MLA_NOINLINE static void accumulate_block(const float* pt, Index lds, Index tn, const float* rows,
                                Index stride, float* o, Index ldo, const float* alpha,
                                __m256i mask0, __m256i mask1) {
     __m256 acc0[MR], acc1[MR];
+    MLA_UNROLL
     for (int i = 0; i < MR; ++i) {
       const __m256 a = _mm256_broadcast_ss(alpha + i);
       acc0[i] = _mm256_mul_ps(a, _mm256_load_ps(o + i * ldo));
@@ -274,12 +300,14 @@ struct MlaAvx2Ops {
       const __m256 v0 = kMasked ? _mm256_maskload_ps(r, mask0) : _mm256_loadu_ps(r);
       const __m256 v1 = kMasked ? _mm256_maskload_ps(r + 8, mask1) : _mm256_loadu_ps(r + 8);
       const float* p = pt + t * lds;
+      MLA_UNROLL
       for (int i = 0; i < MR; ++i) {
         const __m256 b = _mm256_broadcast_ss(p + i);
         acc0[i] = _mm256_fmadd_ps(b, v0, acc0[i]);
         acc1[i] = _mm256_fmadd_ps(b, v1, acc1[i]);
       }
     }
+    MLA_UNROLL
     for (int i = 0; i < MR; ++i) {
       _mm256_store_ps(o + i * ldo, acc0[i]);
       _mm256_store_ps(o + i * ldo + 8, acc1[i]);

@@ -1,0 +1,183 @@
+// Measures this machine's peaks so kernel benchmarks can report "% of peak" instead of bare
+// GFLOP/s: fp32 FMA throughput on 1 and 2 threads (independent FMA chains on 8-wide vectors, enough
+// of them to cover the FMA latency on every pipe) and STREAM-like read bandwidth (sum of a buffer
+// many times larger than L3). There are no bf16 dot-product instructions on AVX2 machines, so the
+// bf16 peak is reported as 0 (absent) there. Header-only; takes ~0.3 s.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace mla_bench {
+
+/// Peaks measured on this machine (best of a few repeats; others may share the cores).
+struct MachinePeaks {
+  double fma_gflops_1t = 0;      // fp32 FMA GFLOP/s (2 FLOP per lane per FMA), 1 thread
+  double fma_gflops_2t = 0;      // same, 2 threads
+  double read_gbps_1t = 0;       // read bandwidth from DRAM, GB/s (1e9 B/s), 1 thread
+  double read_gbps_2t = 0;       // same, 2 threads
+  double bf16_dot_gflops_1t = 0; // bf16 dot-product peak; 0 = no such instructions
+  bool simd_fma = false;         // true when the FMA probe used AVX2+FMA intrinsics
+};
+
+namespace internal {
+
+using Clock = std::chrono::steady_clock;
+
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Runs fn(thread) on `threads` threads at once and returns the wall time of the slowest.
+template <class Fn>
+double run_threads(int threads, Fn fn) {
+  const auto t0 = Clock::now();
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(fn, t);
+  fn(0);
+  for (std::thread& th : pool) th.join();
+  return seconds_since(t0);
+}
+
+// FLOPs done by fma_loop(iters).
+#if defined(__AVX2__) && defined(__FMA__)
+// 12 independent chains in named registers: 2 FMA pipes x 4-5 cycle latency need >= 8-10 in
+// flight. (An array plus an asm barrier would push them through memory and halve the rate.)
+inline double fma_loop(std::int64_t iters) {
+  const __m256 a = _mm256_set1_ps(0.999999f);
+  const __m256 b = _mm256_set1_ps(1e-7f);
+  __m256 c0 = _mm256_set1_ps(0.00f), c1 = _mm256_set1_ps(0.01f), c2 = _mm256_set1_ps(0.02f);
+  __m256 c3 = _mm256_set1_ps(0.03f), c4 = _mm256_set1_ps(0.04f), c5 = _mm256_set1_ps(0.05f);
+  __m256 c6 = _mm256_set1_ps(0.06f), c7 = _mm256_set1_ps(0.07f), c8 = _mm256_set1_ps(0.08f);
+  __m256 c9 = _mm256_set1_ps(0.09f), c10 = _mm256_set1_ps(0.10f), c11 = _mm256_set1_ps(0.11f);
+  for (std::int64_t i = 0; i < iters; ++i) {
+    c0 = _mm256_fmadd_ps(c0, a, b);
+    c1 = _mm256_fmadd_ps(c1, a, b);
+    c2 = _mm256_fmadd_ps(c2, a, b);
+    c3 = _mm256_fmadd_ps(c3, a, b);
+    c4 = _mm256_fmadd_ps(c4, a, b);
+    c5 = _mm256_fmadd_ps(c5, a, b);
+    c6 = _mm256_fmadd_ps(c6, a, b);
+    c7 = _mm256_fmadd_ps(c7, a, b);
+    c8 = _mm256_fmadd_ps(c8, a, b);
+    c9 = _mm256_fmadd_ps(c9, a, b);
+    c10 = _mm256_fmadd_ps(c10, a, b);
+    c11 = _mm256_fmadd_ps(c11, a, b);
+  }
+  const __m256 s = _mm256_add_ps(
+      _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
+                    _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7))),
+      _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
+  volatile float sink = _mm256_cvtss_f32(s);
+  (void)sink;
+  return double(iters) * 12 * 8 * 2;
+}
+#else
+// Portable: 16 scalar chains (the compiler may vectorise them).
+constexpr int kChains = 16;
+inline double fma_loop(std::int64_t iters) {
+  float acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = 0.001f * float(c);
+  for (std::int64_t i = 0; i < iters; ++i)
+    for (int c = 0; c < kChains; ++c) acc[c] = acc[c] * 0.999999f + 1e-7f;
+  float s = 0;
+  for (int c = 0; c < kChains; ++c) s += acc[c];
+  volatile float sink = s;
+  (void)sink;
+  return double(iters) * kChains * 2;
+}
+#endif
+
+inline double measure_fma_gflops(int threads) {
+  const std::int64_t iters = 4'000'000;  // ~15 ms per thread at ~100 GFLOP/s
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    double flops = 0;
+    const double secs = run_threads(threads, [&](int t) {
+      const double f = fma_loop(iters);
+      if (t == 0) flops = f;
+    });
+    best = std::max(best, flops * threads / secs / 1e9);
+  }
+  return best;
+}
+
+// Sums [begin, end) with 8 independent accumulators so the adds never limit the read rate.
+inline float read_sum(const float* p, std::size_t n) {
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[8];
+  for (__m256& a : acc) a = _mm256_setzero_ps();
+  std::size_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    for (int c = 0; c < 8; ++c) acc[c] = _mm256_add_ps(acc[c], _mm256_load_ps(p + i + 8 * c));
+  __m256 s = acc[0];
+  for (int c = 1; c < 8; ++c) s = _mm256_add_ps(s, acc[c]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, s);
+  float r = 0;
+  for (float x : lanes) r += x;
+  for (; i < n; ++i) r += p[i];
+  return r;
+#else
+  float acc[8] = {};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int c = 0; c < 8; ++c) acc[c] += p[i + c];
+  float r = 0;
+  for (float x : acc) r += x;
+  for (; i < n; ++i) r += p[i];
+  return r;
+#endif
+}
+
+inline double measure_read_gbps(const float* buf, std::size_t n, int threads) {
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const double secs = run_threads(threads, [&](int t) {
+      const std::size_t chunk = (n / std::size_t(threads)) & ~std::size_t(63);
+      volatile float sink = read_sum(buf + std::size_t(t) * chunk, chunk);
+      (void)sink;
+    });
+    best = std::max(best, double(n) * sizeof(float) / secs / 1e9);
+  }
+  return best;
+}
+
+}  // namespace internal
+
+/// Measures the peaks (about 0.3 s: 3 FMA repeats per thread count, a 256 MiB buffer read 3 times
+/// per thread count, 8x a 32 MiB L3).
+inline MachinePeaks measure_machine_peaks() {
+  MachinePeaks peaks;
+#if defined(__AVX2__) && defined(__FMA__)
+  peaks.simd_fma = true;
+#endif
+  peaks.fma_gflops_1t = internal::measure_fma_gflops(1);
+  peaks.fma_gflops_2t = internal::measure_fma_gflops(2);
+
+  const std::size_t n = (std::size_t(256) << 20) / sizeof(float);
+  std::unique_ptr<float, void (*)(float*)> buf(
+      static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t(64))),
+      [](float* p) { ::operator delete(p, std::align_val_t(64)); });
+  // Write every page first: an untouched buffer maps the shared zero page and reads from cache.
+  internal::run_threads(2, [&](int t) {
+    const std::size_t half = n / 2;
+    std::fill(buf.get() + std::size_t(t) * half, buf.get() + (t == 0 ? half : n), 1.0f);
+  });
+  peaks.read_gbps_1t = internal::measure_read_gbps(buf.get(), n, 1);
+  peaks.read_gbps_2t = internal::measure_read_gbps(buf.get(), n, 2);
+  peaks.bf16_dot_gflops_1t = 0;  // AVX2/FMA: no bf16 dot instructions (AVX512_BF16 / AMX absent)
+  return peaks;
+}
+
+}  // namespace mla_bench

@@ -20,6 +20,10 @@
 #include "mla/reference/attention.hpp"
 
 // ---- Global operator new counter (counts only while g_count_allocs is set). ----
+// The replacements pair malloc/aligned_alloc with free by design; GCC's heuristic flags the free.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 namespace {
 std::atomic<bool> g_count_allocs{false};
 std::atomic<long> g_allocs{0};

@@ -55,6 +55,15 @@ inline constexpr Index kMlaRowsPerPass = 128;
 // Fewer cache rows than this per split and the split-KV bookkeeping outweighs the work.
 inline constexpr Index kMlaMinRowsPerSplit = 32;
 
+// Splits of the cache per thread when threads > 1. Tasks are handed out dynamically, so several
+// splits per thread even out cores that are not equally available (a shared or busy machine);
+// each extra split costs one zeroing and one combine pass over its 128 x 512 partial output
+// (~1% of a 4k-row call).
+inline constexpr Index kMlaSplitsPerThread = 4;
+
+/// Most splits a call on `threads` threads uses (1 on one thread: no combine at all).
+constexpr Index mla_max_splits(int threads) { return threads <= 1 ? 1 : Index(threads) * kMlaSplitsPerThread; }
+
 /// Where each piece of an absorbed-attention workspace lives (see AbsorbedAttentionWorkspace).
 struct AbsorbedLayout {
   Index rows = 0;         // M
@@ -62,9 +71,9 @@ struct AbsorbedLayout {
   Index o_stride = 0;     // kv_lora rounded up to 16
   Index pass_rows16 = 0;  // min(M, kMlaRowsPerPass) rounded up to 16
   float* q_packed = nullptr;  // [ceil(M / 16)][K][16], zero rows past M
-  float* part_o = nullptr;    // [threads][M][o_stride] unnormalised split outputs
-  float* part_max = nullptr;  // [threads][M] running max (base-2 scores)
-  float* part_sum = nullptr;  // [threads][M] running sum of 2^(s - max)
+  float* part_o = nullptr;    // [max splits][M][o_stride] unnormalised split outputs
+  float* part_max = nullptr;  // [max splits][M] running max (base-2 scores)
+  float* part_sum = nullptr;  // [max splits][M] running sum of 2^(s - max)
   float* scratch = nullptr;   // [threads][scratch_stride]
   Index scratch_stride = 0;
   Index total = 0;            // floats used
@@ -81,9 +90,10 @@ struct AbsorbedLayout {
     scratch_stride = per_thread.used();
     FloatArena arena(base);
     q_packed = arena.take(round_up(m, kMlaPanel) * row_dim);
-    part_o = arena.take(Index(threads) * m * o_stride);
-    part_max = arena.take(Index(threads) * m);
-    part_sum = arena.take(Index(threads) * m);
+    const Index splits = mla_max_splits(threads);
+    part_o = arena.take(splits * m * o_stride);
+    part_max = arena.take(splits * m);
+    part_sum = arena.take(splits * m);
     scratch = arena.take(Index(threads) * scratch_stride);
     total = arena.used();
   }
@@ -369,7 +379,7 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
                  lay.q_packed);
 
   const Index splits =
-      std::max<Index>(1, std::min<Index>(threads, cache_len / kMlaMinRowsPerSplit));
+      std::max<Index>(1, std::min<Index>(mla_max_splits(threads), cache_len / kMlaMinRowsPerSplit));
   const Index passes = (m_rows + kMlaRowsPerPass - 1) / kMlaRowsPerPass;
   // Cache rows >= first_masked are hidden from some query tokens (causal rule).
   const Index first_masked = cache_len - shape.q_len + 1;

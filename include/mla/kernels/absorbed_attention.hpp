@@ -43,8 +43,10 @@ namespace internal {
 //   = 18 KiB at tn = 36) stay in L1 while the rows of O (256 KiB, in L2) stream through.
 // - kMlaTileRows = 36 cache rows per softmax step (a multiple of the 6-row block) is the largest
 //   tile whose P^T still fits in L1 next to the column strip; each tile rescales and reloads O
-//   once, ~5% of the tile's FMAs. 24 and 48 measured 2-4% slower, 72 up to 15% slower. The tile
-//   (36 x 576 floats = 81 KiB), the packed query (288 KiB) and O (256 KiB) share the L2.
+//   once, ~5% of the tile's FMAs. In a sweep (L = 4096, 1 thread) 24 and 48 were a few percent
+//   slower and 72 was erratic (P^T spills L1). The tile (36 x 576 floats = 81 KiB), the packed
+//   query (288 KiB) and O (256 KiB) share the L2. The first version (64-row tiles, query panels
+//   streamed from L2 in the scores GEMM) ran at ~70% of peak; these choices brought it to ~85%.
 // - kMlaRowsPerPass = 128 query rows per pass over the cache: M = 256 (2 tokens x 128 heads) would
 //   double the query and accumulator and spill L2; re-reading the cache per pass instead costs
 //   only ~2.3 KB of memory traffic per 280 kFLOP.

@@ -294,18 +294,19 @@ struct MlaAvx2Ops {
     }
   }
 
-  // MR query rows x 16 latent columns over tn cache rows; the accumulator block is rescaled by
-  // alpha as it is loaded, so the online-softmax correction costs no extra pass over O.
+  // MR query rows x 16 latent columns over tn cache rows; the online-softmax correction is folded
+  // into the final update (o = alpha o + tile sum), so it costs no extra pass over O.
   template <int MR, bool kMasked>
   MLA_NOINLINE static void accumulate_block(const float* pt, Index lds, Index tn, const float* rows,
                                Index stride, float* o, Index ldo, const float* alpha,
                                __m256i mask0, __m256i mask1) {
+    // The tile's sum starts from zero and O (in L2) is folded in at the end: the FMA chains start
+    // at once instead of waiting for the O loads (accumulate 78 -> 84 GFLOP/s on L2-resident data).
     __m256 acc0[MR], acc1[MR];
     MLA_UNROLL
     for (int i = 0; i < MR; ++i) {
-      const __m256 a = _mm256_broadcast_ss(alpha + i);
-      acc0[i] = _mm256_mul_ps(a, _mm256_load_ps(o + i * ldo));
-      acc1[i] = _mm256_mul_ps(a, _mm256_load_ps(o + i * ldo + 8));
+      acc0[i] = _mm256_setzero_ps();
+      acc1[i] = _mm256_setzero_ps();
     }
     for (Index t = 0; t < tn; ++t) {
       const float* r = rows + t * stride;
@@ -321,8 +322,9 @@ struct MlaAvx2Ops {
     }
     MLA_UNROLL
     for (int i = 0; i < MR; ++i) {
-      _mm256_store_ps(o + i * ldo, acc0[i]);
-      _mm256_store_ps(o + i * ldo + 8, acc1[i]);
+      const __m256 a = _mm256_broadcast_ss(alpha + i);
+      _mm256_store_ps(o + i * ldo, _mm256_fmadd_ps(a, _mm256_load_ps(o + i * ldo), acc0[i]));
+      _mm256_store_ps(o + i * ldo + 8, _mm256_fmadd_ps(a, _mm256_load_ps(o + i * ldo + 8), acc1[i]));
     }
   }
 

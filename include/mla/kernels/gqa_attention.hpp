@@ -273,20 +273,19 @@ struct GqaAvx2Ops {
   }
 
   // GR query rows x NV vectors of the output over tn cache rows; the last vector holds only
-  // `last` (1..8) columns when kPartial. O is rescaled by alpha as it is loaded.
+  // `last` (1..8) columns when kPartial.
   template <int GR, int NV, bool kPartial, class T>
   MLA_NOINLINE static void accumulate_block(const float* p, Index ldp, Index tn, const T* v, Index dim, float* o,
                                Index ldo, const float* alpha, Index last) {
     // Load each V vector once into a register when the block leaves room for it (GCC otherwise
     // folds the load into each of the GR FMAs that use it, and the extra loads cost ~25%).
     constexpr bool kPin = GR > 1 && GR * NV + NV + 1 <= 16;
+    // Sum from zero, fold O in at the end (o = alpha o + acc): the chains start without waiting.
     __m256 acc[GR][NV];
     MLA_UNROLL
-    for (int g = 0; g < GR; ++g) {
-      const __m256 a = _mm256_broadcast_ss(alpha + g);
+    for (int g = 0; g < GR; ++g)
       MLA_UNROLL
-      for (int j = 0; j < NV; ++j) acc[g][j] = _mm256_mul_ps(a, _mm256_load_ps(o + g * ldo + 8 * j));
-    }
+      for (int j = 0; j < NV; ++j) acc[g][j] = _mm256_setzero_ps();
     for (Index t = 0; t < tn; ++t) {
       const T* vt = v + t * dim;
       __m256 vv[NV];
@@ -303,9 +302,12 @@ struct GqaAvx2Ops {
       }
     }
     MLA_UNROLL
-    for (int g = 0; g < GR; ++g)
+    for (int g = 0; g < GR; ++g) {
+      const __m256 a = _mm256_broadcast_ss(alpha + g);
       MLA_UNROLL
-      for (int j = 0; j < NV; ++j) _mm256_store_ps(o + g * ldo + 8 * j, acc[g][j]);
+      for (int j = 0; j < NV; ++j)
+        _mm256_store_ps(o + g * ldo + 8 * j, _mm256_fmadd_ps(a, _mm256_load_ps(o + g * ldo + 8 * j), acc[g][j]));
+    }
   }
 
   // Column strips of 8 * NV for GR query rows; the remaining whole vectors in blocks of 8, 4, 2

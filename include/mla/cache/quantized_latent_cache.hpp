@@ -1,0 +1,300 @@
+// An 8-bit MLA latent cache in FlashMLA's FP8 layout, and the FP8 E4M3 encoder it needs.
+//
+// One token's row (DeepSeek-V3: kv_lora_rank R = 512, qk_rope_head_dim P = 64, 656 bytes):
+//
+//   bytes [0, R)                  c_kv as FP8 E4M3FN codes, one per value
+//   bytes [R, R + 4 S)            S = ceil(R / 128) float32 scales, one per 128-value tile of c_kv
+//   bytes [R + 4 S, R + 4 S + 2P) k_pe as bfloat16 (RoPE part kept in 16 bits)
+//
+// so c_kv[i] = e4m3(code[i]) * scale[i / 128] and 512 + 4*4 + 64*2 = 656 bytes per token, the
+// layout of FlashMLA's FP8 KV cache (its README, "FP8 KV cache": 512 B quantised NoPE, 16 B of
+// four float32 scales, 128 B of bf16 RoPE), against 1152 B for bf16 and 2304 B for float. The
+// scale of a tile is amax / 448 (448 is the largest E4M3 value), as FlashMLA's quantisation test
+// code computes it, so the largest value of every tile is coded at full precision and nothing
+// saturates. k_pe stays in bf16 because the RoPE dot product carries the position signal and is
+// not smoothed by a 512-long sum.
+//
+// Rows are written by quantising float rows (append), and read back by dequantising a few rows
+// at a time into a float scratch tile (fp8_latent_dequantize_rows), which the float attention
+// micro-kernels then consume: decode never keeps a float copy of the cache.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include "mla/core/check.hpp"
+#include "mla/core/types.hpp"
+#include "mla/io/fp8.hpp"
+
+namespace mla {
+
+/// Largest finite FP8 E4M3FN magnitude.
+inline constexpr float kFp8E4M3Max = 448.0f;
+
+/// float -> FP8 E4M3FN (OCP; torch.float8_e4m3fn) with round-to-nearest, ties to even.
+/// Finite values beyond the largest code (448) saturate to +-448, infinities too (OCP "satfinite"
+/// conversion: the format has no infinity); NaN gives the NaN code 0x7F with the input's sign.
+/// Values below 2^-6 are coded as subnormals m * 2^-9 (m = 0..7), so |x| <= 2^-10 rounds to zero
+/// (2^-10 itself is a tie and goes to the even code, zero). The sign of zero is kept.
+/// Inverse of io::fp8_e4m3_to_float on every non-NaN code.
+inline std::uint8_t fp8_e4m3_from_float(float x) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const std::uint8_t sign = static_cast<std::uint8_t>((bits >> 24) & 0x80u);
+  const std::uint32_t a = bits & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return static_cast<std::uint8_t>(sign | 0x7Fu);  // NaN
+  // 464 = 0x43E80000 is the midpoint between 448 and the 480 the format lacks; it and everything
+  // above it would round past 448, so saturate (ties at 464 would go to 448 anyway: 448 is even).
+  if (a >= 0x43E80000u) return static_cast<std::uint8_t>(sign | 0x7Eu);
+  if (a >= 0x3C800000u) {  // >= 2^-6: normal E4M3. Round the 23-bit mantissa to 3 bits.
+    const std::uint32_t rounded = (a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20;
+    // Re-bias the exponent from 127 to 7: subtract 120 from the exponent field (bits 3..6 here).
+    return static_cast<std::uint8_t>(sign | (rounded - (120u << 3)));
+  }
+  // Subnormal E4M3 (or zero): the code is round(|x| * 2^9), 0..8 (8 is the smallest normal, code
+  // 0x08, which this formula produces without special handling).
+  const std::uint32_t exp = a >> 23;
+  if (exp < 127 - 11) return sign;  // |x| < 2^-11 (float subnormals included): rounds to 0
+  const std::uint32_t sig = (a & 0x7FFFFFu) | 0x800000u;  // |x| = sig * 2^(exp - 150)
+  const std::uint32_t shift = 141u - exp;  // |x| * 2^9 = sig * 2^(exp - 141); shift in [21, 25]
+  std::uint32_t q = sig >> shift;
+  const std::uint32_t rem = sig & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (q & 1u))) ++q;
+  return static_cast<std::uint8_t>(sign | q);
+}
+
+/// Byte layout of one FP8 latent row (see the header comment). The defaults are DeepSeek-V3's.
+struct Fp8LatentLayout {
+  Index kv_lora_rank = 512;   ///< R: c_kv values (one FP8 code each)
+  Index rope_dim = 64;        ///< P: k_pe values (bf16 each)
+  static constexpr Index kTile = 128;  ///< c_kv values per float32 scale (FlashMLA: 128)
+
+  /// S = ceil(R / 128) scales.
+  Index num_scales() const { return (kv_lora_rank + kTile - 1) / kTile; }
+  /// Byte offset of the scales (right after the codes).
+  Index scales_offset() const { return kv_lora_rank; }
+  /// Byte offset of the bf16 k_pe.
+  Index rope_offset() const { return kv_lora_rank + 4 * num_scales(); }
+  /// Bytes per token: R + 4 S + 2 P (656 for R = 512, P = 64).
+  Index bytes_per_token() const { return rope_offset() + 2 * rope_dim; }
+
+  void validate() const {
+    MLA_CHECK_ARG(kv_lora_rank > 0 && rope_dim >= 0, "Fp8LatentLayout: kv_lora_rank (",
+                  kv_lora_rank, ") must be positive and rope_dim (", rope_dim, ") non-negative");
+  }
+};
+
+/// Quantises one latent row src [R + P] = [c_kv | k_pe] into `dst` [layout.bytes_per_token()]:
+/// per 128-value tile scale = max|c| / 448 (0 for an all-zero tile), code = e4m3(c / scale);
+/// k_pe rounded to bf16 (nearest even). A tile holding inf or NaN decodes to NaN.
+template <class Src>
+void fp8_latent_quantize_row(const Src* src, const Fp8LatentLayout& layout, std::uint8_t* dst) {
+  const Index R = layout.kv_lora_rank, P = layout.rope_dim;
+  for (Index s = 0; s < layout.num_scales(); ++s) {
+    const Index begin = s * Fp8LatentLayout::kTile,
+                end = std::min(R, begin + Fp8LatentLayout::kTile);
+    float amax = 0.0f;
+    for (Index i = begin; i < end; ++i) {
+      const float v = std::fabs(static_cast<float>(src[i]));
+      amax = std::isnan(v) || v > amax ? v : amax;  // keep a NaN so the tile decodes to NaN
+    }
+    const float scale = amax / kFp8E4M3Max;
+    for (Index i = begin; i < end; ++i)
+      dst[i] = scale == 0.0f ? std::uint8_t{0}
+                             : fp8_e4m3_from_float(static_cast<float>(src[i]) / scale);
+    std::memcpy(dst + layout.scales_offset() + 4 * s, &scale, sizeof scale);
+  }
+  for (Index i = 0; i < P; ++i) {
+    const std::uint16_t b =
+        Eigen::numext::bit_cast<std::uint16_t>(static_cast<bfloat16>(static_cast<float>(src[R + i])));
+    std::memcpy(dst + layout.rope_offset() + 2 * i, &b, sizeof b);
+  }
+}
+
+namespace internal {
+
+/// The scale of tile s of an FP8 latent row (unaligned-safe read).
+inline float fp8_row_scale(const std::uint8_t* row, const Fp8LatentLayout& layout, Index s) {
+  float v;
+  std::memcpy(&v, row + layout.scales_offset() + 4 * s, sizeof v);
+  return v;
+}
+
+inline void fp8_latent_dequantize_rows_portable(const std::uint8_t* src, Index src_stride,
+                                                Index rows, const Fp8LatentLayout& layout,
+                                                float* dst, Index dst_stride) {
+  const std::array<float, 256>& table = io::fp8_table(io::Fp8Format::kE4M3);
+  const Index R = layout.kv_lora_rank, P = layout.rope_dim;
+  for (Index r = 0; r < rows; ++r) {
+    const std::uint8_t* row = src + r * src_stride;
+    float* out = dst + r * dst_stride;
+    for (Index s = 0; s < layout.num_scales(); ++s) {
+      const float scale = fp8_row_scale(row, layout, s);
+      const Index end = std::min(R, (s + 1) * Fp8LatentLayout::kTile);
+      for (Index i = s * Fp8LatentLayout::kTile; i < end; ++i) out[i] = table[row[i]] * scale;
+    }
+    for (Index i = 0; i < P; ++i) {
+      std::uint16_t b;
+      std::memcpy(&b, row + layout.rope_offset() + 2 * i, sizeof b);
+      out[R + i] = io::bfloat16_bits_to_float(b);
+    }
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/// 8 E4M3 codes -> float, by bit arithmetic: placing the 7 magnitude bits at float bits 20..26
+/// gives a float whose exponent field is the E4M3 exponent, i.e. the value times 2^-120 (for
+/// exponent 0 a float subnormal, m * 2^-129, which is the E4M3 subnormal times 2^-120 too), so a
+/// multiply by 2^120 finishes the job exactly. Code 0x7F / 0xFF (NaN) is patched to NaN.
+/// (Relies on subnormal floats not being flushed to zero, the default floating-point mode.)
+inline __m256 fp8_e4m3_decode8_avx2(const std::uint8_t* p) {
+  const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256i mag = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
+  __m256 v = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(mag, 20)),
+                           _mm256_set1_ps(0x1p120f));
+  const __m256 is_nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F)));
+  v = _mm256_blendv_ps(v, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), is_nan);
+  return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+}
+
+inline void fp8_latent_dequantize_rows_avx2(const std::uint8_t* src, Index src_stride, Index rows,
+                                            const Fp8LatentLayout& layout, float* dst,
+                                            Index dst_stride) {
+  const std::array<float, 256>& table = io::fp8_table(io::Fp8Format::kE4M3);
+  const Index R = layout.kv_lora_rank, P = layout.rope_dim, P8 = P & ~Index(7);
+  for (Index r = 0; r < rows; ++r) {
+    const std::uint8_t* row = src + r * src_stride;
+    float* out = dst + r * dst_stride;
+    for (Index s = 0; s < layout.num_scales(); ++s) {
+      const float scale = fp8_row_scale(row, layout, s);
+      const __m256 vs = _mm256_set1_ps(scale);
+      const Index begin = s * Fp8LatentLayout::kTile;
+      const Index end = std::min(R, begin + Fp8LatentLayout::kTile);
+      Index i = begin;
+      for (; i + 8 <= end; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(fp8_e4m3_decode8_avx2(row + i), vs));
+      for (; i < end; ++i) out[i] = table[row[i]] * scale;
+    }
+    const std::uint8_t* rope = row + layout.rope_offset();
+    Index i = 0;
+    for (; i < P8; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rope + 2 * i));
+      _mm256_storeu_ps(out + R + i,
+                       _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+    for (; i < P; ++i) {
+      std::uint16_t b;
+      std::memcpy(&b, rope + 2 * i, sizeof b);
+      out[R + i] = io::bfloat16_bits_to_float(b);
+    }
+  }
+}
+#endif
+
+}  // namespace internal
+
+/// Dequantises `rows` FP8 latent rows (`src_stride` bytes apart) into float rows
+/// dst [rows, R + P] (`dst_stride` floats apart): [e4m3(code) * scale | bf16 k_pe]. Exact: every
+/// product of an E4M3 value and a float scale that does not overflow is the float the reference
+/// dequantisation forms (one rounding).
+inline void fp8_latent_dequantize_rows(const std::uint8_t* src, Index src_stride, Index rows,
+                                       const Fp8LatentLayout& layout, float* dst,
+                                       Index dst_stride) {
+#if defined(__AVX2__) && defined(__FMA__)
+  internal::fp8_latent_dequantize_rows_avx2(src, src_stride, rows, layout, dst, dst_stride);
+#else
+  internal::fp8_latent_dequantize_rows_portable(src, src_stride, rows, layout, dst, dst_stride);
+#endif
+}
+
+/// Tag type naming the FP8 latent row format as a cache element type, e.g.
+/// PagedLatentCache<Fp8Latent> (see paged_latent_cache.hpp).
+struct Fp8Latent {};
+
+/// Contiguous 8-bit latent cache: LatentCache's interface (capacity, explicit reserve(), append of
+/// float rows [c_kv | k_pe], truncate) over FP8 rows of Fp8LatentLayout. append() quantises.
+class Fp8LatentCache {
+ public:
+  using Element = Fp8Latent;
+
+  Fp8LatentCache() = default;
+  Fp8LatentCache(Index kv_lora_rank, Index qk_rope_head_dim, Index capacity)
+      : layout_{kv_lora_rank, qk_rope_head_dim} {
+    layout_.validate();
+    reserve(capacity);
+  }
+
+  const Fp8LatentLayout& layout() const { return layout_; }
+  Index kv_lora_rank() const { return layout_.kv_lora_rank; }
+  Index rope_dim() const { return layout_.rope_dim; }
+  /// Values per row once dequantised: kv_lora_rank + qk_rope_head_dim.
+  Index row_dim() const { return layout_.kv_lora_rank + layout_.rope_dim; }
+  Index size() const { return size_; }
+  Index capacity() const { return capacity_; }
+  /// Exact bytes one token occupies (656 for DeepSeek-V3's 512 + 64).
+  std::size_t bytes_per_token() const {
+    return static_cast<std::size_t>(layout_.bytes_per_token());
+  }
+  std::size_t bytes_allocated() const { return data_.capacity(); }
+
+  /// Grows to `new_capacity` tokens (never shrinks), keeping the contents; the only allocation.
+  void reserve(Index new_capacity) {
+    MLA_CHECK_ARG(new_capacity >= 0, "Fp8LatentCache::reserve: capacity (", new_capacity,
+                  ") must be non-negative");
+    if (new_capacity <= capacity_) return;
+    data_.resize(static_cast<std::size_t>(new_capacity * layout_.bytes_per_token()));
+    data_.shrink_to_fit();
+    capacity_ = new_capacity;
+  }
+  void clear() { size_ = 0; }
+  void truncate(Index new_size) {
+    MLA_CHECK_ARG(new_size >= 0 && new_size <= size_, "Fp8LatentCache::truncate: new size (",
+                  new_size, ") must be in [0, ", size_, "]");
+    size_ = new_size;
+  }
+  void check_room(Index n) const {
+    MLA_CHECK_ARG(n >= 0 && size_ + n <= capacity_, "Fp8LatentCache overflow: appending ", n,
+                  " tokens to ", size_, " stored with capacity ", capacity_,
+                  "; call reserve() to grow the cache");
+  }
+
+  /// Quantises and appends `n` rows; `src` is [n, row_dim()] with `src_stride` elements between
+  /// rows, laid out as [c_kv | k_pe].
+  template <class Src>
+  void append(const Src* src, Index src_stride, Index n) {
+    check_room(n);
+    for (Index t = 0; t < n; ++t) fp8_latent_quantize_row(src + t * src_stride, layout_, row(size_ + t));
+    size_ += n;
+  }
+
+  /// Row t: layout().bytes_per_token() bytes.
+  std::uint8_t* row(Index t) { return data_.data() + t * layout_.bytes_per_token(); }
+  const std::uint8_t* row(Index t) const { return data_.data() + t * layout_.bytes_per_token(); }
+  const std::uint8_t* data() const { return data_.data(); }
+  /// Bytes between consecutive rows.
+  Index row_stride() const { return layout_.bytes_per_token(); }
+
+  /// Rows [first, first + n) dequantised into dst [n, row_dim()] (row stride `dst_stride`).
+  void dequantize(Index first, Index n, float* dst, Index dst_stride) const {
+    MLA_CHECK_ARG(first >= 0 && n >= 0 && first + n <= size_, "Fp8LatentCache::dequantize: rows [",
+                  first, ", ", first + n, ") outside the ", size_, " stored");
+    fp8_latent_dequantize_rows(row(first), row_stride(), n, layout_, dst, dst_stride);
+  }
+
+ private:
+  Fp8LatentLayout layout_{};
+  Index size_ = 0, capacity_ = 0;
+  std::vector<std::uint8_t> data_;  // [capacity, bytes_per_token]
+};
+
+}  // namespace mla

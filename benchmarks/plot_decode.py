@@ -125,6 +125,37 @@ def markdown(ctx, results):
     return "\n".join(lines)
 
 
+def pivot(ctx, results):
+    """One row per part / type / threads / L, one column per design: median tok/s (best), % of
+    peak; then absorbed's speed-ups over the naive paths."""
+    rows = defaultdict(dict)
+    for r in results.values():
+        rows[(r.part, r.type, r.threads, r.length)][r.design] = r
+    designs = [d for d in DESIGN_ORDER if any(d in v for v in rows.values())]
+    lines = [f"CPU: {machine_line(ctx)}", "",
+             "Cells: median tokens/s (best of the repetitions) and % of peak.", "",
+             "| part | cache | threads | L or T | " + " | ".join(designs) +
+             " | absorbed vs recompute | absorbed vs cached |",
+             "|---|---|---:|---:|" + "---:|" * (len(designs) + 2)]
+    order = {"core": 0, "layer": 1, "prefill": 2}
+    for key in sorted(rows, key=lambda k: (order[k[0]], k[1] != "f32", k[2], k[3])):
+        part, typ, threads, length = key
+        cells = []
+        for d in designs:
+            r = rows[key].get(d)
+            if r is None:
+                cells.append("")
+                continue
+            tokens = r.counters.get("tok_s", 0)
+            best = tokens * r.median_ms / r.best_ms if r.best_ms else tokens
+            cells.append(f"{tokens:.3g} ({best:.3g}), {r.counters.get('pct_peak', 0):.0f}%")
+        a = rows[key].get("mla_absorbed")
+        sp = [(f"{a.counters[k]:.3g}x" if a is not None and k in a.counters else "")
+              for k in ("speedup_vs_recompute", "speedup_vs_cached")]
+        lines.append(f"| {part} | {typ} | {threads} | {length} | " + " | ".join(cells + sp) + " |")
+    return "\n".join(lines)
+
+
 def import_pyplot():
     try:
         import matplotlib
@@ -156,6 +187,16 @@ def context_ticks(ax, lengths):
     ax.set_xticklabels([f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths])
 
 
+def save(fig, plt, path):
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    try:  # a 256-colour palette makes the PNG several times smaller (Pillow ships with matplotlib)
+        from PIL import Image
+        Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
+    except ImportError:
+        pass
+
+
 def plot_tokens(plt, ctx, results, path):
     panels = decode_series(results, lambda r: (r.part, r.type, r.threads))
     keys = sorted(panels, key=lambda k: (k[0] != "core", k[1] != "f32", k[2]))
@@ -182,8 +223,7 @@ def plot_tokens(plt, ctx, results, path):
         ax.axis("off")
     fig.suptitle(machine_line(ctx), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, plt, path)
 
 
 def plot_bytes(plt, ctx, results, path):
@@ -212,11 +252,10 @@ def plot_bytes(plt, ctx, results, path):
         ax.set_xlabel("context length L (tokens in cache)")
         ax.set_ylabel("MiB")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(machine_line(ctx), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, plt, path)
 
 
 def main(argv=None):
@@ -224,13 +263,20 @@ def main(argv=None):
     ap.add_argument("json", help="decode_bench --benchmark_out file (JSON)")
     ap.add_argument("--out-dir", default=".", help="where the PNGs go (default: .)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table, no plots")
+    ap.add_argument("--pivot", action="store_true",
+                    help="print a markdown table with one column per design, no plots")
+    ap.add_argument("--filter", default=None,
+                    help="only benchmarks whose name matches this regular expression")
     args = ap.parse_args(argv)
     ctx, results = load_results(args.json)
+    if args.filter:
+        rx = re.compile(args.filter)
+        results = {k: r for k, r in results.items() if rx.search(k)}
     if not results:
         sys.stderr.write(f"{args.json}: no decode_bench results found\n")
         return 1
-    if args.markdown:
-        print(markdown(ctx, results))
+    if args.markdown or args.pivot:
+        print(pivot(ctx, results) if args.pivot else markdown(ctx, results))
         return 0
     plt = import_pyplot()
     import os

@@ -180,3 +180,39 @@ TEST(MlaPaths, AbsorbedNeverBuildsPerHeadKv) {
 
 }  // namespace
 }  // namespace mla
+
+namespace mla {
+namespace {
+
+TEST(MlaPaths, Bf16LatentCacheAndThreadPoolTrackTheFloatCache) {
+  MlaConfig cfg = presets::deepseek_v2_lite();
+  cfg.hidden_size = 128;
+  cfg.max_position_embeddings = 1024;
+  testing::Rng rng(12);
+  MultiHeadLatentAttention<float> layer(cfg, testing::random_mla_weights<float>(cfg, rng));
+  const Index T = 300;
+  const Matrix<float> x = rng.normal<float>(T, cfg.hidden_size);
+  auto run_with = [&](auto cache, ThreadPool* pool) {
+    Workspace ws;
+    ws.set_thread_pool(pool);
+    Matrix<float> y(T, cfg.hidden_size), y1(1, cfg.hidden_size);
+    layer.forward(x.topRows(T - 2), testing::positions_from(0, T - 2), cache, y.topRows(T - 2), ws,
+                  MlaPath::kNaive);
+    for (Index t = T - 2; t < T; ++t) {
+      layer.forward(x.row(t), testing::positions_from(t, 1), cache, y1, ws, MlaPath::kAbsorbed);
+      y.row(t) = y1;
+    }
+    return Matrix<float>(y.bottomRows(2));
+  };
+  const Matrix<float> ref = run_with(layer.make_latent_cache<float>(T), nullptr);
+  ThreadPool pool(2);
+  const Matrix<float> threaded = run_with(layer.make_latent_cache<float>(T), &pool);
+  EXPECT_LE(testing::rel_max_err(threaded, ref), 1e-5);
+  const Matrix<float> bf16 = run_with(layer.make_latent_cache<bfloat16>(T), &pool);
+  const double err = testing::rel_max_err(bf16, ref);
+  EXPECT_LE(err, 3e-2);  // 8 mantissa bits in the cached latent
+  EXPECT_GT(err, 1e-6);  // and it really is a narrower cache
+}
+
+}  // namespace
+}  // namespace mla

@@ -3,6 +3,10 @@
 // decode step allocates nothing once the workspace has seen a step of that size: the first call
 // may add chunks, the next reset() merges them into one block big enough for the whole call, and
 // from then on take() only bumps an offset.
+//
+// It also carries what a call needs besides memory: the scratch of the fast decode kernels
+// (which size themselves on first use and are reused afterwards) and the thread pool the
+// attention kernels may use (none by default: the calling thread does all the work).
 #pragma once
 
 #include <algorithm>
@@ -12,7 +16,10 @@
 #include <new>
 #include <vector>
 
+#include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
+#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/gqa_attention.hpp"
 
 namespace mla {
 
@@ -73,12 +80,21 @@ class Workspace {
     return MatrixMap<Scalar>(take<Scalar>(static_cast<std::size_t>(rows * cols)), rows, cols);
   }
 
-  /// Bytes held.
+  /// Bytes held by the arena and the kernel scratch.
   std::size_t bytes_reserved() const {
-    std::size_t total = 0;
+    std::size_t total = absorbed_kernel.bytes() + gqa_kernel.bytes();
     for (const Chunk& c : chunks_) total += c.size;
     return total;
   }
+
+  /// Threads the attention kernels may use; nullptr (default) = the calling thread only. The
+  /// pool is borrowed, not owned, and must outlive the calls that use it.
+  void set_thread_pool(ThreadPool* pool) { pool_ = pool; }
+  ThreadPool* thread_pool() const { return pool_; }
+
+  /// Scratch of the fast kernels (grown on first use, then reused).
+  kernels::AbsorbedAttentionWorkspace absorbed_kernel;
+  kernels::GqaAttentionWorkspace gqa_kernel;
 
  private:
   static constexpr std::size_t kAlign = 64;
@@ -98,6 +114,7 @@ class Workspace {
   }
 
   std::vector<Chunk> chunks_;
+  ThreadPool* pool_ = nullptr;
   std::size_t current_ = 0;
   std::size_t offset_ = 0;
 };

@@ -1,7 +1,7 @@
-// Plain (Eigen GEMM) attention cores shared by the layers: softmax(scale * Q K^T) V per head over
-// a KvCache, and the MLA absorbed core over a LatentCache. These are the generic paths used for
-// every scalar type (double included); float layers dispatch to the fast kernels in
-// mla/kernels/ where those apply, and tests compare the two.
+// Attention cores shared by the layers: softmax(scale * Q K^T) V per head over a KvCache, and the
+// MLA absorbed core over a LatentCache. Each has a plain Eigen-GEMM version, used for every scalar
+// type (double included), and a dispatcher that sends float layers with float or bfloat16 caches
+// to the fast kernels in mla/kernels/ (tests compare the two).
 //
 // Causality: the T new tokens are the last T rows of the cache, so new token t sees cache rows
 // [0, L - T + t], L = cache.size() after the append.
@@ -88,26 +88,98 @@ void gqa_attention_generic(const Scalar* q, Index q_stride, Index num_tokens, In
 }
 
 /// MLA absorbed attention over the latent cache, for T new tokens (the last T cache rows).
-///   q_abs [T, H, R+P]: per head [q_lat = W_UK^T q_nope | q_pe (rotated)]
-///   o_lat [T, H, R]:   sum_j p_j c_kv_j
-/// score_j = scale * (q_lat . c_kv_j + q_pe . k_pe_j) = scale * (q_abs . row_j): one product
-/// against the whole cache row, for all heads of a token at once.
+///   q_lat [T, H, R] = W_UK^T q_nope per head,  q_pe [T, H, P] (rotated)
+///   o_lat [T, H, R] = sum_j p_j c_kv_j
+/// score_j = scale * (q_lat . c_kv_j + q_pe . k_pe_j), for all heads of a token at once.
 template <class Scalar, class T>
-void absorbed_attention_generic(const Scalar* q_abs, Index num_tokens, Index num_heads,
-                                const LatentCache<T>& cache, double scale, Scalar* o_lat,
-                                Workspace& ws) {
-  const Index L = cache.size(), R = cache.kv_lora_rank(), W = cache.row_dim();
+void absorbed_attention_generic(const Scalar* q_lat, const Scalar* q_pe, Index num_tokens,
+                                Index num_heads, const LatentCache<T>& cache, double scale,
+                                Scalar* o_lat, Workspace& ws) {
+  const Index L = cache.size(), R = cache.kv_lora_rank(), P = cache.rope_dim(),
+              W = cache.row_dim();
   const auto c = as_scalar<Scalar>(cache.data(), L, W, ws);
   MatrixMap<Scalar> s = ws.matrix<Scalar>(num_heads, L);
   for (Index t = 0; t < num_tokens; ++t) {
     const Index visible = L - num_tokens + 1 + t;
-    ConstMatrixMap<Scalar> qt(q_abs + t * num_heads * W, num_heads, W);
+    ConstMatrixMap<Scalar> ql(q_lat + t * num_heads * R, num_heads, R);
+    ConstMatrixMap<Scalar> qp(q_pe + t * num_heads * P, num_heads, P);
     MatrixMap<Scalar> ot(o_lat + t * num_heads * R, num_heads, R);
     auto st = s.leftCols(visible);
-    st.noalias() = qt * c.topRows(visible).transpose();
+    st.noalias() = ql * c.topRows(visible).leftCols(R).transpose();
+    st.noalias() += qp * c.topRows(visible).rightCols(P).transpose();
     st *= static_cast<Scalar>(scale);
     for (Index h = 0; h < num_heads; ++h) softmax_inplace(&st(h, 0), visible);
     ot.noalias() = st * c.topRows(visible).leftCols(R);
+  }
+}
+
+/// Whether the fast kernels serve this compute/cache type pair.
+template <class Scalar, class T>
+inline constexpr bool kHasFastKernel =
+    std::is_same_v<Scalar, float> && (std::is_same_v<T, float> || std::is_same_v<T, bfloat16>);
+
+/// New tokens per GQA fast-kernel call: K/V are streamed once per call for all its tokens
+/// (speculative decoding), and the kernel's split buffers, which scale with q_len x heads, stay
+/// bounded when a long prefill goes through it. Within one call, a NaN/Inf in one new token's
+/// K/V reaches the outputs of the earlier new tokens of that call (masked probabilities are
+/// zeros that still multiply it); earlier calls and cached tokens are unaffected.
+inline constexpr Index kKernelTokensPerCall = 8;
+
+/// Absorbed attention, fast kernel when available (see absorbed_attention_generic for shapes).
+template <class Scalar, class T>
+void absorbed_attention(const Scalar* q_lat, const Scalar* q_pe, Index num_tokens,
+                        Index num_heads, const LatentCache<T>& cache, double scale,
+                        Scalar* o_lat, Workspace& ws) {
+  if constexpr (kHasFastKernel<Scalar, T>) {
+    // One call per new token, each over exactly the rows it sees: the kernel takes 128 query
+    // rows (all heads of a token) per pass over the cache anyway, so this costs no extra cache
+    // traffic, and no masked-out row ever enters a tile (a NaN in a later token stays there).
+    const Index R = cache.kv_lora_rank(), P = cache.rope_dim();
+    const Index first_new = cache.size() - num_tokens;
+    for (Index t = 0; t < num_tokens; ++t) {
+      kernels::AbsorbedAttentionShape shape;
+      shape.q_len = 1;
+      shape.num_heads = num_heads;
+      shape.kv_lora = R;
+      shape.rope = P;
+      shape.cache_len = first_new + t + 1;
+      shape.row_stride = cache.row_stride();
+      kernels::absorbed_attention(shape, q_lat + t * num_heads * R, q_pe + t * num_heads * P,
+                                  cache.data(), static_cast<float>(scale),
+                                  o_lat + t * num_heads * R, nullptr, ws.absorbed_kernel,
+                                  ws.thread_pool());
+    }
+  } else {
+    absorbed_attention_generic(q_lat, q_pe, num_tokens, num_heads, cache, scale, o_lat, ws);
+  }
+}
+
+/// GQA attention, fast kernel when available (see gqa_attention_generic for shapes; q and out
+/// must be contiguous [T, H, D] / [T, H, Dv] here).
+template <class Scalar, class T>
+void gqa_attention(const Scalar* q, Index num_tokens, Index num_heads, const KvCache<T>& cache,
+                   double scale, Scalar* out, Workspace& ws) {
+  const Index D = cache.head_dim(), Dv = cache.v_dim();
+  if constexpr (kHasFastKernel<Scalar, T>) {
+    const Index first_new = cache.size() - num_tokens;
+    for (Index t0 = 0; t0 < num_tokens; t0 += kKernelTokensPerCall) {
+      const Index n = std::min(kKernelTokensPerCall, num_tokens - t0);
+      kernels::GqaAttentionShape shape;
+      shape.q_len = n;
+      shape.num_heads = num_heads;
+      shape.num_kv_heads = cache.kv_heads();
+      shape.head_dim = D;
+      shape.v_dim = Dv;
+      shape.cache_len = first_new + t0 + n;
+      shape.k_head_stride = cache.k_head_stride();
+      shape.v_head_stride = cache.v_head_stride();
+      kernels::gqa_attention(shape, q + t0 * num_heads * D, cache.k_head(0), cache.v_head(0),
+                             static_cast<float>(scale), out + t0 * num_heads * Dv, nullptr,
+                             ws.gqa_kernel, ws.thread_pool());
+    }
+  } else {
+    gqa_attention_generic(q, num_heads * D, num_tokens, num_heads, cache, scale, out,
+                          num_heads * Dv, ws);
   }
 }
 

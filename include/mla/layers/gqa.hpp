@@ -111,8 +111,7 @@ class GroupedQueryAttention {
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * D);
     project_qkv(x, positions, q, k, v);
     cache.append(k.data(), KV * D, v.data(), KV * D, n);
-    internal::gqa_attention_generic(q.data(), H * D, n, H, cache, cfg_.softmax_scale(),
-                                    heads.data(), H * D, ws);
+    internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws);
     w_.o_proj.apply(heads, out);
   }
 

@@ -224,8 +224,7 @@ class MultiHeadLatentAttention {
     }
     cache.append(k.data(), H * (N + P), v.data(), H * V, n);
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * V);
-    internal::gqa_attention_generic(q.data(), H * (N + P), n, H, cache, cfg_.softmax_scale(),
-                                    heads.data(), H * V, ws);
+    internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws);
     w_.o_proj.apply(heads, out);
   }
 
@@ -278,24 +277,25 @@ class MultiHeadLatentAttention {
   using StridedConstMap = internal::StridedConstMap<Scalar>;
   using StridedMap = internal::StridedMap<Scalar>;
 
-  /// Absorbed: q_abs [T, H, R+P] = [q_nope_h W_UK_h | q_pe_h]; latent attention -> o_lat
-  /// [T, H, R]; heads_h = o_lat_h W_UV_h^T. Touches only the latent cache.
+  /// Absorbed: q_lat [T, H, R] = q_nope_h W_UK_h and q_pe [T, H, P]; latent attention ->
+  /// o_lat [T, H, R]; heads_h = o_lat_h W_UV_h^T. Touches only the latent cache.
   template <class T, class Heads>
   void attend_absorbed(const MatrixMap<Scalar>& q, const LatentCache<T>& cache,
                        Eigen::MatrixBase<Heads>& heads, Workspace& ws) const {
     const Index n = q.rows(), H = cfg_.num_attention_heads, N = cfg_.qk_nope_head_dim,
                 P = cfg_.qk_rope_head_dim, R = cfg_.kv_lora_rank, V = cfg_.v_head_dim;
-    const Index qk = N + P, W = R + P;
-    Scalar* q_abs = ws.take<Scalar>(static_cast<std::size_t>(n * H * W));
+    const Index qk = N + P;
+    Scalar* q_lat = ws.take<Scalar>(static_cast<std::size_t>(n * H * R));
+    Scalar* q_pe = ws.take<Scalar>(static_cast<std::size_t>(n * H * P));
     Scalar* o_lat = ws.take<Scalar>(static_cast<std::size_t>(n * H * R));
     for (Index h = 0; h < H; ++h) {
       StridedConstMap q_nope(q.data() + h * qk, n, N, Eigen::OuterStride<>(H * qk));
-      StridedMap q_lat(q_abs + h * W, n, R, Eigen::OuterStride<>(H * W));
-      q_lat.noalias() = q_nope * w_uk_.middleRows(h * N, N);  // [T, N] x [N, R]
-      StridedMap(q_abs + h * W + R, n, P, Eigen::OuterStride<>(H * W)) =
+      StridedMap ql(q_lat + h * R, n, R, Eigen::OuterStride<>(H * R));
+      ql.noalias() = q_nope * w_uk_.middleRows(h * N, N);  // [T, N] x [N, R]
+      StridedMap(q_pe + h * P, n, P, Eigen::OuterStride<>(H * P)) =
           StridedConstMap(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
     }
-    internal::absorbed_attention_generic(q_abs, n, H, cache, cfg_.softmax_scale(), o_lat, ws);
+    internal::absorbed_attention(q_lat, q_pe, n, H, cache, cfg_.softmax_scale(), o_lat, ws);
     for (Index h = 0; h < H; ++h) {
       StridedConstMap ol(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R));
       heads.middleCols(h * V, V).noalias() = ol * w_uv_.middleRows(h * V, V).transpose();

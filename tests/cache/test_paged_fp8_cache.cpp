@@ -1,0 +1,347 @@
+// The 8-bit latent cache: the FP8 E4M3 encoder held against the decoder (every code round-trips,
+// every float rounds to the nearest code with ties to even, found by brute force over the
+// decoded values), FlashMLA's 656-byte row layout, per-tile quantisation bounds, the AVX2 and
+// portable dequantisers agreeing bit for bit, decode through contiguous and paged FP8 caches
+// against the double reference on the dequantised rows, and the error of the whole layer with an
+// FP8 cache against the float cache on the DeepSeek reference cases.
+#include "mla/cache/quantized_latent_cache.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mla/cache/paged_latent_cache.hpp"
+#include "mla/conformance/hf_reference.hpp"
+#include "mla/io/fp8.hpp"
+#include "mla/kernels/paged_absorbed.hpp"
+#include "mla/layers/batched_decode.hpp"
+#include "mla/reference/attention.hpp"
+#include "support/reference_dir.hpp"
+
+namespace mla {
+namespace {
+
+float from_bits(std::uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+/// The expected code of x by brute force: the non-negative code (0x00..0x7E) whose value is
+/// nearest to |x| (ties: the even code), with x's sign; NaN -> 0x7F; beyond 448 -> 448.
+std::uint8_t brute_force_code(float x) {
+  std::uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
+  if (std::isnan(x)) return std::uint8_t(sign | 0x7F);
+  const double a = std::fabs(double(x));
+  int best = 0;
+  double best_d = std::numeric_limits<double>::infinity();
+  for (int c = 0; c <= 0x7E; ++c) {
+    const double d = std::fabs(double(io::fp8_e4m3_to_float(std::uint8_t(c))) - a);
+    if (d < best_d || (d == best_d && (c & 1) == 0)) {
+      best_d = d;
+      best = c;
+    }
+  }
+  if (std::isinf(a)) best = 0x7E;
+  return std::uint8_t(sign | best);
+}
+
+TEST(Fp8E4M3Encoder, EveryCodeRoundTrips) {
+  for (int c = 0; c < 256; ++c) {
+    const float v = io::fp8_e4m3_to_float(std::uint8_t(c));
+    if (std::isnan(v)) {
+      EXPECT_EQ(fp8_e4m3_from_float(v) & 0x7F, 0x7F) << c;
+      continue;
+    }
+    EXPECT_EQ(fp8_e4m3_from_float(v), c) << "code " << c << " value " << v;
+  }
+}
+
+TEST(Fp8E4M3Encoder, MidpointsTieToEvenAndNeighboursRoundToNearest) {
+  for (int c = 0; c < 0x7E; ++c) {
+    const float lo = io::fp8_e4m3_to_float(std::uint8_t(c));
+    const float hi = io::fp8_e4m3_to_float(std::uint8_t(c + 1));
+    const float mid = (lo + hi) / 2;  // exact: 5 significant bits at most
+    ASSERT_EQ(double(mid), (double(lo) + double(hi)) / 2);
+    const int even = (c & 1) == 0 ? c : c + 1;
+    for (float sign : {1.0f, -1.0f}) {
+      const int s = sign < 0 ? 0x80 : 0;
+      EXPECT_EQ(fp8_e4m3_from_float(sign * mid), s | even) << "midpoint of codes " << c;
+      EXPECT_EQ(fp8_e4m3_from_float(sign * std::nextafter(mid, 0.0f)), s | c) << c;
+      EXPECT_EQ(fp8_e4m3_from_float(sign * std::nextafter(mid, 1e9f)), s | (c + 1)) << c;
+    }
+  }
+  // Past 448: the midpoint to the 480 E4M3FN lacks ties to 448 (even), everything above
+  // saturates, infinities too; NaN keeps its sign.
+  EXPECT_EQ(fp8_e4m3_from_float(464.0f), 0x7E);
+  EXPECT_EQ(fp8_e4m3_from_float(std::nextafter(464.0f, 1e9f)), 0x7E);
+  EXPECT_EQ(fp8_e4m3_from_float(1e30f), 0x7E);
+  EXPECT_EQ(fp8_e4m3_from_float(-std::numeric_limits<float>::infinity()), 0xFE);
+  EXPECT_EQ(fp8_e4m3_from_float(std::numeric_limits<float>::quiet_NaN()), 0x7F);
+  EXPECT_EQ(fp8_e4m3_from_float(-std::numeric_limits<float>::quiet_NaN()), 0xFF);
+  // Subnormal edge: 2^-10 is half the smallest subnormal and ties to zero; just above, 2^-9.
+  EXPECT_EQ(fp8_e4m3_from_float(0x1p-10f), 0x00);
+  EXPECT_EQ(fp8_e4m3_from_float(std::nextafter(0x1p-10f, 1.0f)), 0x01);
+  EXPECT_EQ(fp8_e4m3_from_float(-0.0f), 0x80);
+  EXPECT_EQ(fp8_e4m3_from_float(1e-45f), 0x00);  // a float subnormal
+}
+
+TEST(Fp8E4M3Encoder, MatchesBruteForceNearestOverAllExponentsAndSigns) {
+  // Every value of the upper 16 bits (sign, exponent, 7 mantissa bits) with the lower 16 bits
+  // zero, all ones, and random: 196608 floats covering every binade, both signs, inf and NaN.
+  std::mt19937 rng(3);
+  for (std::uint32_t hi = 0; hi < 0x10000u; ++hi)
+    for (std::uint32_t lo : {0u, 0xFFFFu, std::uint32_t(rng() & 0xFFFFu)}) {
+      const float x = from_bits((hi << 16) | lo);
+      const std::uint8_t got = fp8_e4m3_from_float(x), want = brute_force_code(x);
+      if (std::isnan(x)) {
+        ASSERT_EQ(got, want) << "NaN bits " << ((hi << 16) | lo);
+        continue;
+      }
+      ASSERT_EQ(got, want) << "x = " << x << " (bits 0x" << std::hex << ((hi << 16) | lo) << ")";
+    }
+}
+
+TEST(Fp8LatentLayout, MatchesFlashMlaV3ByteCount) {
+  const Fp8LatentLayout v3{512, 64};
+  EXPECT_EQ(v3.num_scales(), 4);
+  EXPECT_EQ(v3.scales_offset(), 512);
+  EXPECT_EQ(v3.rope_offset(), 528);
+  EXPECT_EQ(v3.bytes_per_token(), 656);
+  EXPECT_EQ(Fp8LatentCache(512, 64, 4).bytes_per_token(), 656u);
+  EXPECT_EQ(Fp8LatentCache(512, 64, 4).bytes_allocated(), 4u * 656u);
+  EXPECT_EQ((LatentBlockPool<Fp8Latent>(512, 64, 2, 64).bytes_per_token()), 656u);
+  EXPECT_EQ((LatentBlockPool<Fp8Latent>(512, 64, 2, 64).bytes_allocated()), 2u * 64u * 656u);
+  // Widths that are not a multiple of the 128-value tile get a partial last tile.
+  EXPECT_EQ((Fp8LatentLayout{200, 16}.bytes_per_token()), 200 + 2 * 4 + 32);
+}
+
+TEST(Fp8LatentCache, QuantisationErrorIsWithinHalfAnUlpPerTile) {
+  const Index R = 300, P = 10;  // tiles of 128, 128, 44
+  const Fp8LatentLayout layout{R, P};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> row(std::size_t(R + P));
+  for (float& v : row) v = nd(rng);
+  for (Index i = 256; i < R; ++i) row[std::size_t(i)] = 0.0f;  // an all-zero tile
+  row[5] = 1e-6f;  // far below the tile's range: coded as a subnormal or zero
+  Fp8LatentCache cache(R, P, 2);
+  cache.append(row.data(), R + P, 1);
+  std::vector<float> back(std::size_t(R + P));
+  cache.dequantize(0, 1, back.data(), R + P);
+  for (Index s = 0; s < 3; ++s) {
+    float amax = 0;
+    for (Index i = s * 128; i < std::min(R, (s + 1) * 128); ++i)
+      amax = std::max(amax, std::fabs(row[std::size_t(i)]));
+    const float scale = internal::fp8_row_scale(cache.row(0), layout, s);
+    EXPECT_EQ(scale, amax / 448.0f) << "tile " << s;
+    for (Index i = s * 128; i < std::min(R, (s + 1) * 128); ++i) {
+      const float x = row[std::size_t(i)], q = back[std::size_t(i)];
+      // Half an E4M3 ulp: 2^-4 relative for normal codes, 2^-10 * scale for subnormal ones.
+      EXPECT_LE(std::fabs(q - x), std::max(std::fabs(x) * 0x1p-4f, scale * 0x1p-10f) * 1.0001f)
+          << "element " << i;
+      if (std::fabs(x) == amax) {
+        EXPECT_NEAR(q, x, 1e-6f * amax) << "the tile's max is exact";
+      }
+    }
+  }
+  for (Index i = 256; i < R; ++i) EXPECT_EQ(back[std::size_t(i)], 0.0f);
+  for (Index i = 0; i < P; ++i)
+    EXPECT_EQ(back[std::size_t(R + i)], float(bfloat16(row[std::size_t(R + i)])));
+  // A NaN poisons its tile only.
+  row[130] = std::numeric_limits<float>::quiet_NaN();
+  cache.append(row.data(), R + P, 1);
+  cache.dequantize(1, 1, back.data(), R + P);
+  EXPECT_TRUE(std::isnan(back[129]));
+  EXPECT_FALSE(std::isnan(back[0]));
+  EXPECT_THROW(cache.append(row.data(), R + P, 1), std::invalid_argument);  // capacity 2
+  EXPECT_THROW(cache.dequantize(1, 2, back.data(), R + P), std::invalid_argument);
+}
+
+TEST(Fp8LatentCache, SimdAndPortableDequantisationAgreeOnEveryCode) {
+  // Rows holding all 256 codes (NaN codes included) under scales spanning small to large.
+  const Fp8LatentLayout layout{256, 20};
+  const Index rows = 4, stride = layout.bytes_per_token() + 3;  // an odd stride: unaligned
+  std::vector<std::uint8_t> src(std::size_t(rows * stride));
+  const float scales[] = {1.0f, 3e-5f, 117.5f, 0.0f, 2.0f, 1e-3f, 7.0f, 0.25f};
+  for (Index r = 0; r < rows; ++r) {
+    std::uint8_t* row = src.data() + r * stride;
+    for (Index i = 0; i < 256; ++i) row[i] = std::uint8_t(i + r * 37);
+    for (Index s = 0; s < 2; ++s)
+      std::memcpy(row + layout.scales_offset() + 4 * s, &scales[r * 2 + s], 4);
+    for (Index i = 0; i < 20; ++i) {
+      const std::uint16_t b = std::uint16_t(0x3F80 + 97 * i + r);
+      std::memcpy(row + layout.rope_offset() + 2 * i, &b, 2);
+    }
+  }
+  std::vector<float> a(std::size_t(rows * 276)), b(a.size());
+  internal::fp8_latent_dequantize_rows_portable(src.data(), stride, rows, layout, a.data(), 276);
+  fp8_latent_dequantize_rows(src.data(), stride, rows, layout, b.data(), 276);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i])) {
+      EXPECT_TRUE(std::isnan(b[i])) << i;
+      continue;
+    }
+    std::uint32_t ba, bb;
+    std::memcpy(&ba, &a[i], 4);
+    std::memcpy(&bb, &b[i], 4);
+    EXPECT_EQ(ba, bb) << "element " << i << ": " << a[i] << " vs " << b[i];
+  }
+}
+
+// ---- decode through FP8 caches -------------------------------------------------------------
+
+float rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  float e = 0.0f, m = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    e = std::max(e, std::abs(a[i] - b[i]));
+    m = std::max(m, std::abs(b[i]));
+  }
+  return e / std::max(m, 1e-30f);
+}
+
+TEST(Fp8LatentCache, DecodeMatchesReferenceOnDequantisedRows) {
+  ThreadPool pool2(2);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Case {
+    Index q_len, heads, R, P, len, block;
+  };
+  const Case cases[] = {{1, 4, 40, 8, 30, 7}, {3, 4, 40, 8, 15, 7},  {2, 3, 130, 6, 65, 1},
+                        {1, 128, 512, 64, 200, 64}, {2, 16, 512, 64, 129, 64}};
+  for (const Case& c : cases) {
+    const Index W = c.R + c.P, m = c.q_len * c.heads;
+    std::vector<float> rows(std::size_t(c.len * W)), q_lat(std::size_t(m * c.R)),
+        q_pe(std::size_t(m * c.P));
+    for (float& v : rows) v = nd(rng);
+    for (float& v : q_lat) v = nd(rng);
+    for (float& v : q_pe) v = nd(rng);
+    Fp8LatentCache contiguous(c.R, c.P, c.len);
+    contiguous.append(rows.data(), W, c.len);
+    LatentBlockPool<Fp8Latent> pool(c.R, c.P, (c.len + c.block - 1) / c.block + 2, c.block);
+    {  // scatter the blocks
+      std::vector<std::int32_t> ids;
+      pool.allocate(pool.num_blocks(), ids);
+      std::shuffle(ids.begin(), ids.end(), rng);
+      for (std::int32_t id : ids) pool.free(id);
+    }
+    PagedLatentCache<Fp8Latent> paged(pool, c.len);
+    paged.append(rows.data(), W, c.len);
+    // Both hold the same bytes; the reference reads the dequantised rows.
+    for (Index t = 0; t < c.len; ++t)
+      ASSERT_EQ(std::memcmp(paged.row(t), contiguous.row(t), std::size_t(contiguous.row_stride())), 0);
+    std::vector<float> deq(std::size_t(c.len * W));
+    contiguous.dequantize(0, c.len, deq.data(), W);
+    kernels::AbsorbedAttentionShape sh;
+    sh.q_len = c.q_len;
+    sh.num_heads = c.heads;
+    sh.kv_lora = c.R;
+    sh.rope = c.P;
+    sh.cache_len = c.len;
+    sh.row_stride = W;
+    const float scale = 0.15f;
+    std::vector<float> ref(std::size_t(m * c.R)), ref_lse(static_cast<std::size_t>(m));
+    reference::absorbed_attention(sh, q_lat.data(), q_pe.data(), deq.data(), scale, ref.data(),
+                                  ref_lse.data());
+    kernels::BatchedAbsorbedWorkspace ws;
+    kernels::BlockwiseAbsorbedWorkspace bws;
+    for (ThreadPool* pool_ptr : {static_cast<ThreadPool*>(nullptr), &pool2})
+      for (kernels::KernelPath path : {kernels::KernelPath::kAuto, kernels::KernelPath::kPortable})
+        for (const LatentRowsView<Fp8Latent>& view : {latent_rows(contiguous), paged.rows()}) {
+          std::vector<float> out(ref.size(), NAN), lse(ref_lse.size(), NAN);
+          kernels::paged_absorbed_attention(c.q_len, c.heads, q_lat.data(), q_pe.data(), view,
+                                            scale, out.data(), lse.data(), ws, pool_ptr, path);
+          ASSERT_LE(rel_err(out, ref), 1e-5f) << "len " << c.len << " R " << c.R << " paged "
+                                               << view.paged();
+          for (std::size_t i = 0; i < lse.size(); ++i)
+            ASSERT_NEAR(lse[i], ref_lse[i], 1e-5f * std::max(1.0f, std::abs(ref_lse[i])));
+          std::vector<float> bw(ref.size(), NAN);
+          kernels::paged_absorbed_attention_blockwise(c.q_len, c.heads, q_lat.data(), q_pe.data(),
+                                                      view, scale, bw.data(), nullptr, bws,
+                                                      pool_ptr);
+          ASSERT_LE(rel_err(bw, ref), 1e-5f) << "blockwise, len " << c.len;
+        }
+  }
+}
+
+// ---- the layer with an FP8 cache, on the Hugging Face reference cases ------------------------
+
+struct CacheErrors {
+  double fp8 = 0, bf16 = 0;  // max |y_cache - y_float| / max |y_float|
+  double fp8_vs_reference = 0;
+};
+
+/// Runs every io file of a reference case through the layer (prefill of the first half, then
+/// token by token) with a float LatentCache (layer.forward, absorbed) and through
+/// mla_decode_batch with a paged FP8 cache and a bf16 LatentCache.
+CacheErrors measure_case(const std::filesystem::path& folder) {
+  const io::Checkpoint ckpt(folder);
+  const MlaConfig cfg = io::parse_mla_config(ckpt.config());
+  const auto layer = io::load_mla_layer<float>(ckpt, cfg, 0);
+  CacheErrors e;
+  for (const auto& io_path : conformance::detail::io_files(folder)) {
+    const io::SafetensorsFile f(io_path);
+    const Matrix<float> x = conformance::detail::read_2d<float>(f, "hidden_states");
+    const Positions pos = conformance::detail::read_positions(f);
+    const Matrix<float> ref = conformance::detail::read_2d<float>(f, "output");
+    const Index T = x.rows(), first = T / 2;
+    auto cf = layer.make_latent_cache<float>(T);
+    auto cb = layer.make_latent_cache<bfloat16>(T);
+    LatentBlockPool<Fp8Latent> pool(cfg.kv_lora_rank, cfg.qk_rope_head_dim, (T + 3) / 4, 4);
+    PagedLatentCache<Fp8Latent> c8(pool, T);
+    Matrix<float> yf(T, cfg.hidden_size), yb(T, cfg.hidden_size), y8(T, cfg.hidden_size);
+    Workspace ws;
+    BatchedDecodeContext ctx;
+    for (Index t0 = 0; t0 < T;) {
+      const Index n = t0 == 0 ? first : 1;
+      const Matrix<float> xs = x.middleRows(t0, n);
+      const Positions ps = pos.segment(t0, n);
+      Matrix<float> out(n, cfg.hidden_size);
+      layer.forward(xs, ps, cf, out, ws, MlaPath::kAbsorbed);
+      yf.middleRows(t0, n) = out;
+      mla_decode_batch(layer, xs, ps, {n}, std::vector<LatentCache<bfloat16>*>{&cb}, out, ctx);
+      yb.middleRows(t0, n) = out;
+      mla_decode_batch(layer, xs, ps, {n}, std::vector<PagedLatentCache<Fp8Latent>*>{&c8}, out,
+                       ctx);
+      y8.middleRows(t0, n) = out;
+      t0 += n;
+    }
+    const double scale = yf.cwiseAbs().maxCoeff();
+    e.fp8 = std::max(e.fp8, double((y8 - yf).cwiseAbs().maxCoeff()) / scale);
+    e.bf16 = std::max(e.bf16, double((yb - yf).cwiseAbs().maxCoeff()) / scale);
+    e.fp8_vs_reference = std::max(
+        e.fp8_vs_reference, double((y8 - ref).cwiseAbs().maxCoeff() / ref.cwiseAbs().maxCoeff()));
+  }
+  return e;
+}
+
+TEST(Fp8LatentCache, LayerErrorAgainstTheFloatCacheOnReferenceCases) {
+  for (const char* name : {"deepseek_v3_tiny", "deepseek_v2_lite_tiny", "deepseek_v3_realdims"}) {
+    const auto folder = testing::reference_dir() / name;
+    ASSERT_TRUE(std::filesystem::is_directory(folder))
+        << folder << " missing: set MLA_REFERENCE_DIR to the reference folder";
+    const CacheErrors e = measure_case(folder);
+    ::testing::Test::RecordProperty(std::string(name) + "_fp8_rel_err", std::to_string(e.fp8));
+    ::testing::Test::RecordProperty(std::string(name) + "_bf16_rel_err", std::to_string(e.bf16));
+    std::printf("%-24s output error vs float cache: fp8 %.3e  bf16 %.3e  (fp8 vs HF reference %.3e)\n",
+                name, e.fp8, e.bf16, e.fp8_vs_reference);
+    // The cache really is quantised (an FP8 path that silently kept floats would give ~1e-7) ...
+    EXPECT_GT(e.fp8, 1e-4) << name;
+    // ... bf16 (8 significant bits) is more accurate than E4M3 (4 bits) ...
+    EXPECT_LT(e.bf16, e.fp8) << name;
+    // ... and the layer output stays within one E4M3 rounding step (2^-4 relative): rounding
+    // errors of thousands of latent values average out in the scores and the P.C sum.
+    EXPECT_LT(e.fp8, 0x1p-4) << name;
+  }
+}
+
+}  // namespace
+}  // namespace mla

@@ -22,15 +22,21 @@
 // physically adjacent), and each run in tiles of kMlaTileRows rows read in place, so no block is
 // copied. The tile operations (score GEMM, online softmax, P.C accumulation) and the query packing
 // are the fast kernel's own (mla/kernels/absorbed_attention.hpp, namespace internal); this file
-// only drives them over runs instead of one contiguous range, with the query packed once per call.
+// only drives them over runs instead of one contiguous range, packing the query once per piece.
 // bf16 tiles are widened and FP8 tiles dequantised into a per-thread float tile first.
 //
 // Why not one public absorbed_attention() call per block: each call packs the 128 x 576 query
 // (a transposing copy), clears and normalises its own accumulator, and the partials then need a
-// merge; at 64-row blocks that measured ~30% slower than one call over contiguous rows (DeepSeek-
-// V3 shapes, 4k rows). paged_absorbed_attention_blockwise() below is that straightforward design,
-// built on the public kernel only; the tests use it as an independent check and serving_bench
-// times it beside this one.
+// merge; at 64-row blocks that measured 27-48% slower than one call over contiguous rows
+// (DeepSeek-V3 shapes, 4k and 16k rows, serving_bench's blockwise_overhead_pct), where this
+// driver stays within a few percent. paged_absorbed_attention_blockwise() below is that
+// straightforward design, built on the public kernel only; the tests use it as an independent
+// check and serving_bench times it beside this one.
+//
+// Coupling: this file uses the kernel's internal pieces (MlaAvx2Ops / MlaPortableOps scores,
+// softmax, accumulate and widen; mla_pack_query; combine_splits; kMlaTileRows, kMlaPanel,
+// kMlaRowsPerPass, FloatArena, AlignedFloats). A change of their signatures or layouts in
+// absorbed_attention.hpp / decode_common.hpp must be followed here; the tests compare both.
 #pragma once
 
 #include <algorithm>
@@ -96,20 +102,24 @@ struct BatchedPlan {
   std::vector<DecodePiece> pieces;
   std::vector<Index> part_begin;  // pieces of part p: [part_begin[p], part_begin[p + 1])
   std::vector<Index> split_units; // units with more than one piece
-  std::vector<float*> q_packed;   // per sequence: [ceil(M / 16)][K][16]
   float* scratch = nullptr;       // [threads][scratch_stride]
   Index scratch_stride = 0;
   Index o_stride = 0;
 };
 
-/// Per-thread scratch of a batched call: S^T/P^T tile, widened or dequantised tile, running
-/// max/sum/alpha, and an O accumulator for pieces that cover a whole unit.
+/// Per-thread scratch of a batched call: the packed query of the piece being run, S^T/P^T tile,
+/// widened or dequantised tile, running max/sum/alpha, and an O accumulator for pieces that cover
+/// a whole unit. The query is packed per piece, not once per sequence up front: a piece's 128
+/// query rows (288 KiB at V3 sizes) then sit in this thread's L2 while it runs, where a packed
+/// copy of the whole batch (18 MiB at B = 64) would be read back from memory, and only a unit
+/// cut into several pieces is packed more than once (at most parts - 1 extra packs per call).
 struct DecodeScratch {
-  float *st = nullptr, *wide = nullptr, *run_max = nullptr, *run_sum = nullptr, *alpha = nullptr,
-        *o = nullptr;
+  float *q_packed = nullptr, *st = nullptr, *wide = nullptr, *run_max = nullptr,
+        *run_sum = nullptr, *alpha = nullptr, *o = nullptr;
   /// Lays the scratch out from `base` (null: only measures); returns the floats used.
   Index lay_out(float* base, Index k_dim, Index o_stride) {
     FloatArena a(base);
+    q_packed = a.take(kMlaRowsPerPass * k_dim);
     st = a.take(kMlaTileRows * kMlaRowsPerPass);
     wide = a.take(kMlaTileRows * round_up(k_dim, 8));
     run_max = a.take(kMlaRowsPerPass);
@@ -146,19 +156,22 @@ const float* tile_rows(const typename LatentRowCodec<T>::Unit* src, Index src_st
   }
 }
 
-/// Runs one piece: the online softmax over rows [j0, j1) of its unit, into `o` [mc, o_stride]
-/// and sc.run_max / sc.run_sum (unnormalised, as the kernel's split partials).
+/// Runs one piece: packs its query rows [m0, m0 + mc) ([q_lat | q_pe] * scale * log2 e, 16-row
+/// panels, as the kernel does), then the online softmax over rows [j0, j1) of its unit, into
+/// `o` [mc, o_stride] and sc.run_max / sc.run_sum (unnormalised, as the kernel's split partials).
 template <class Ops, class T>
 void run_decode_piece(const kernels::DecodeSequence<T>& seq, Index num_heads, const DecodeUnit& u,
-                      Index j0, Index j1, const float* q_packed, Index o_stride, float* o,
+                      Index j0, Index j1, float softmax_scale, Index o_stride, float* o,
                       const DecodeScratch& sc) {
   const LatentRowsView<T>& view = seq.cache;
-  const Index R = view.kv_lora_rank, K = view.kv_lora_rank + view.rope_dim;
+  const Index R = view.kv_lora_rank, P = view.rope_dim, K = R + P;
   const Index mc = u.mc, mc16 = round_up(mc, kMlaPanel);
+  mla_pack_query(seq.q_lat + u.m0 * R, seq.q_pe + u.m0 * P, mc, R, P, softmax_scale * kLog2e,
+                 sc.q_packed);
   std::fill(o, o + mc * o_stride, 0.0f);
   std::fill(sc.run_max, sc.run_max + mc16, -std::numeric_limits<float>::infinity());
   std::fill(sc.run_sum, sc.run_sum + mc16, 0.0f);
-  const float* qp = q_packed + u.m0 * K;
+  const float* qp = sc.q_packed;
   const Index first_masked = view.len - seq.q_len + 1;  // rows >= this are hidden from some tokens
   for (Index j = j0; j < j1;) {
     const Index n = view.run_length(j, j1);
@@ -188,14 +201,9 @@ void run_decode_piece(const kernels::DecodeSequence<T>& seq, Index num_heads, co
 template <class Ops, class T>
 void batched_absorbed_run(Index num_heads, const kernels::DecodeSequence<T>* seqs, Index batch,
                           float softmax_scale, const BatchedPlan& plan, ThreadPool* pool) {
+  (void)batch;
   const Index R = seqs[0].cache.kv_lora_rank, K = R + seqs[0].cache.rope_dim;
-  // 1. Pack every sequence's query once ([q_lat | q_pe] * scale * log2 e, 16-row panels).
-  parallel_for(pool, batch, [&](Index b, int) {
-    const kernels::DecodeSequence<T>& s = seqs[b];
-    mla_pack_query(s.q_lat, s.q_pe, s.q_len * num_heads, R, K - R, softmax_scale * kLog2e,
-                   plan.q_packed[std::size_t(b)]);
-  });
-  // 2. The parts; each runs its pieces in order on one thread.
+  // 1. The parts; each runs its pieces in order on one thread.
   const Index parts = Index(plan.part_begin.size()) - 1;
   parallel_for(pool, parts, [&](Index part, int thread) {
     DecodeScratch sc;
@@ -205,9 +213,9 @@ void batched_absorbed_run(Index num_heads, const kernels::DecodeSequence<T>* seq
       const DecodePiece& piece = plan.pieces[std::size_t(p)];
       const DecodeUnit& u = plan.units[std::size_t(piece.unit)];
       const kernels::DecodeSequence<T>& s = seqs[u.seq];
-      const float* qp = plan.q_packed[std::size_t(u.seq)];
       if (u.num_pieces == 1) {
-        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, qp, plan.o_stride, sc.o, sc);
+        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, softmax_scale, plan.o_stride,
+                              sc.o, sc);
         for (Index m = 0; m < u.mc; ++m) {
           const float l = combine_splits(sc.o + m * plan.o_stride, 0, sc.run_max + m,
                                          sc.run_sum + m, 0, 1, R, s.o_lat + (u.m0 + m) * R);
@@ -215,14 +223,14 @@ void batched_absorbed_run(Index num_heads, const kernels::DecodeSequence<T>* seq
         }
       } else {
         const Index k = p - u.first_piece;
-        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, qp, plan.o_stride,
+        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, softmax_scale, plan.o_stride,
                               u.part_o + k * u.mc * plan.o_stride, sc);
         std::copy(sc.run_max, sc.run_max + u.mc, u.part_max + k * u.mc);
         std::copy(sc.run_sum, sc.run_sum + u.mc, u.part_sum + k * u.mc);
       }
     }
   });
-  // 3. Log-sum-exp combine of the units that were cut into pieces.
+  // 2. Log-sum-exp combine of the units that were cut into pieces.
   parallel_for(pool, Index(plan.split_units.size()), [&](Index i, int) {
     const DecodeUnit& u = plan.units[std::size_t(plan.split_units[std::size_t(i)])];
     const kernels::DecodeSequence<T>& s = seqs[u.seq];
@@ -240,7 +248,7 @@ void batched_absorbed_run(Index num_heads, const kernels::DecodeSequence<T>* seq
 namespace kernels {
 
 /// Scratch of batched_absorbed_attention(): the plan (reused vectors) and one aligned float block
-/// for packed queries, per-thread tiles and partials. It grows to the largest batch it has
+/// for per-thread scratch (packed query, tiles) and the partials of split units. It grows to the largest batch it has
 /// served; calls that fit allocate nothing. Not shareable between concurrent calls.
 class BatchedAbsorbedWorkspace {
  public:
@@ -300,7 +308,6 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
   plan.pieces.clear();
   plan.part_begin.clear();
   plan.split_units.clear();
-  plan.q_packed.assign(std::size_t(batch), nullptr);
   Index work = 0;
   for (Index b = 0; b < batch; ++b) {
     const Index m_rows = seqs[b].q_len * num_heads;
@@ -338,14 +345,11 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
     plan.part_begin.push_back(Index(plan.pieces.size()));
   }
 
-  // ---- scratch layout: packed queries, per-thread scratch, partials of split units ----------
+  // ---- scratch layout: per-thread scratch, partials of split units --------------------------
   plan.o_stride = internal::round_up(R, 16);
   plan.scratch_stride = internal::DecodeScratch().lay_out(nullptr, K, plan.o_stride);
   auto lay_out = [&](float* base) {
     internal::FloatArena arena(base);
-    for (Index b = 0; b < batch; ++b)
-      plan.q_packed[std::size_t(b)] =
-          arena.take(internal::round_up(seqs[b].q_len * num_heads, internal::kMlaPanel) * K);
     plan.scratch = arena.take(Index(threads) * plan.scratch_stride);
     for (internal::DecodeUnit& u : plan.units) {
       if (u.num_pieces <= 1) continue;

@@ -35,7 +35,7 @@
 // Flags: --lengths=4096,16384 --batches=1,4,16,64 --threads=1,2 --types=f32,bf16,fp8
 // --parts=paging,batched --reference-dir=DIR, plus Google Benchmark's (--benchmark_filter,
 // --benchmark_out=FILE --benchmark_out_format=json, --benchmark_min_time=...). Every iteration
-// is one paired sample, so on a shared machine give it time: --benchmark_min_time=5s gives
+// is one paired sample, so on a shared machine give it time: --benchmark_min_time=5 gives
 // 20-100 pairs per paging case (the default 0.5 s gives one pair for B = 64).
 #include <benchmark/benchmark.h>
 

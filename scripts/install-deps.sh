@@ -2,7 +2,8 @@
 # Installs the Debian packages mla's build, tests and benchmarks need, only those missing.
 #   scripts/install-deps.sh [extra-package ...]
 set -euo pipefail
-pkgs=(g++ cmake make libeigen3-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev "$@")
+pkgs=(g++ cmake make libeigen3-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev
+      libopenmpi-dev openmpi-bin "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

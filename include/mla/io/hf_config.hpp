@@ -27,7 +27,8 @@ inline const nlohmann::json& require(const nlohmann::json& j, const char* key) {
 inline std::int64_t get_int(const nlohmann::json& j, const char* key) {
   const nlohmann::json& v = require(j, key);
   MLA_CHECK_DATA(v.is_number_integer() ||
-                     (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()),
+                     (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() &&
+                      std::fabs(v.get<double>()) < 9.2e18),  // else the cast below is UB
                  "config.json: '", key, "' must be an integer, got ", v.dump());
   return v.is_number_integer() ? v.get<std::int64_t>()
                                : static_cast<std::int64_t>(v.get<double>());
@@ -131,7 +132,10 @@ inline AttentionConfig parse_attention_config(const nlohmann::json& cfg) {
   MLA_CHECK_DATA(c.num_attention_heads > 0, "config.json: num_attention_heads (",
                  c.num_attention_heads, ") must be positive");
   c.head_dim = detail::get_int_or(cfg, "head_dim", c.hidden_size / c.num_attention_heads);
-  std::string model_type = cfg.value("model_type", std::string());
+  const auto mt = cfg.find("model_type");  // cfg.value() would throw nlohmann's type_error
+  MLA_CHECK_DATA(mt == cfg.end() || mt->is_string() || mt->is_null(),
+                 "config.json: 'model_type' must be a string, got ", mt->dump());
+  const std::string model_type = mt != cfg.end() && mt->is_string() ? mt->get<std::string>() : "";
   if (model_type == "qwen2") {
     c.qkv_bias = true;
     c.o_bias = false;

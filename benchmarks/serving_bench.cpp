@@ -18,10 +18,15 @@
 //     tok_s              1 / paged time;   bytes_per_token   cache bytes per token
 //   batched/<type>/B:<B>/threads:<n>    B sequences of mixed lengths, one token each
 //     batched_ms         one kernels::batched_absorbed_attention call over the B paged caches
-//     separate_ms        B calls, one per sequence (absorbed_attention with the thread pool on
-//                        contiguous copies; fp8: paged_absorbed_attention per sequence)
-//     tok_s              B / batched time (new tokens per second); separate_tok_s likewise
-//     speedup_vs_separate  separate / batched;   cached_tokens   sum of the B lengths
+//     separate_ms        B calls of paged_absorbed_attention, one per sequence, on the same
+//                        paged caches (each call splits its own rows over the threads)
+//     contiguous_ms      B calls of absorbed_attention on contiguous copies of the caches
+//                        (fp8: paged_absorbed_attention on contiguous Fp8LatentCaches)
+//     tok_s              B / batched time (new tokens per second); separate_tok_s and
+//                        contiguous_tok_s likewise
+//     speedup_vs_separate    separate / batched: what scheduling the batch as one call gains
+//     speedup_vs_contiguous  contiguous / batched: paging and batching together
+//     cached_tokens      sum of the B lengths
 //   type: f32, bf16, fp8 (FlashMLA's 656-byte FP8 row: e4m3 c_kv, 4 float scales, bf16 k_pe).
 //   Lengths for B > 1: sequence 0 holds 16384 tokens (the long one that must not leave threads
 //   idle), the others are log-uniform in [256, 8192] from a fixed seed; B = 1 holds 4096.
@@ -297,8 +302,8 @@ std::vector<Index> mixed_lengths(Index B) {
 
 struct BatchedFixtureBase {
   virtual ~BatchedFixtureBase() = default;
-  virtual void batched(mla::ThreadPool* pool) = 0;
-  virtual void separate(mla::ThreadPool* pool) = 0;
+  /// Runs variant v: 0 batched, 1 separate paged calls, 2 separate contiguous calls.
+  virtual void run(int variant, mla::ThreadPool* pool) = 0;
   std::size_t bytes_per_token = 0;
   Index cached_tokens = 0;
 };
@@ -329,15 +334,19 @@ struct BatchedFixture : BatchedFixtureBase {
     }
     bytes_per_token = pool->bytes_per_token();
   }
-  void batched(mla::ThreadPool* p) override {
-    mla::kernels::batched_absorbed_attention(v3().num_attention_heads, seqs.data(),
-                                             Index(seqs.size()), float(v3().softmax_scale()), bws,
-                                             p);
-    benchmark::DoNotOptimize(queries.back().o_lat.data());
-  }
-  void separate(mla::ThreadPool* p) override {
-    for (std::size_t b = 0; b < contiguous.size(); ++b)
-      contiguous_decode<T>(contiguous[b], queries[b], kws, sws, p);
+  void run(int variant, mla::ThreadPool* p) override {
+    const float scale = float(v3().softmax_scale());
+    const Index H = v3().num_attention_heads;
+    if (variant == 0) {
+      mla::kernels::batched_absorbed_attention(H, seqs.data(), Index(seqs.size()), scale, bws, p);
+    } else if (variant == 1) {
+      for (const auto& s : seqs)
+        mla::kernels::paged_absorbed_attention(1, H, s.q_lat, s.q_pe, s.cache, scale, s.o_lat,
+                                               nullptr, sws, p);
+    } else {
+      for (std::size_t b = 0; b < contiguous.size(); ++b)
+        contiguous_decode<T>(contiguous[b], queries[b], kws, sws, p);
+    }
     benchmark::DoNotOptimize(queries.back().o_lat.data());
   }
   std::vector<Index> lens;
@@ -364,29 +373,29 @@ void run_batched(benchmark::State& state, CacheType type, Index B, int threads) 
       std::string("batched/") + name_of(type) + "/" + std::to_string(B),
       [&] { return make_batched(type, B); });
   mla::ThreadPool* pool = &thread_pool(threads);
-  f.batched(pool);
-  f.separate(pool);
-  std::vector<double> tb, ts, ratio;
+  for (int v = 0; v < 3; ++v) f.run(v, pool);  // warm-up
+  std::vector<double> t[3], r_separate, r_contiguous;
   int iter = 0;
   for (auto _ : state) {
-    double b, s;
-    if (iter++ % 2) {
-      s = seconds([&] { f.separate(pool); });
-      b = seconds([&] { f.batched(pool); });
-    } else {
-      b = seconds([&] { f.batched(pool); });
-      s = seconds([&] { f.separate(pool); });
+    double s[3];
+    for (int k = 0; k < 3; ++k) {
+      const int v = iter % 2 ? 2 - k : k;  // alternate the order
+      s[v] = seconds([&] { f.run(v, pool); });
     }
-    tb.push_back(b);
-    ts.push_back(s);
-    ratio.push_back(s / b);
+    for (int v = 0; v < 3; ++v) t[v].push_back(s[v]);
+    r_separate.push_back(s[1] / s[0]);
+    r_contiguous.push_back(s[2] / s[0]);
+    ++iter;
   }
   using benchmark::Counter;
-  state.counters["batched_ms"] = Counter(1e3 * median(tb));
-  state.counters["separate_ms"] = Counter(1e3 * median(ts));
-  state.counters["tok_s"] = Counter(double(B) / median(tb));
-  state.counters["separate_tok_s"] = Counter(double(B) / median(ts));
-  state.counters["speedup_vs_separate"] = Counter(median(ratio));
+  state.counters["batched_ms"] = Counter(1e3 * median(t[0]));
+  state.counters["separate_ms"] = Counter(1e3 * median(t[1]));
+  state.counters["contiguous_ms"] = Counter(1e3 * median(t[2]));
+  state.counters["tok_s"] = Counter(double(B) / median(t[0]));
+  state.counters["separate_tok_s"] = Counter(double(B) / median(t[1]));
+  state.counters["contiguous_tok_s"] = Counter(double(B) / median(t[2]));
+  state.counters["speedup_vs_separate"] = Counter(median(r_separate));
+  state.counters["speedup_vs_contiguous"] = Counter(median(r_contiguous));
   state.counters["cached_tokens"] = Counter(double(f.cached_tokens));
   state.counters["bytes_per_token"] = Counter(double(f.bytes_per_token));
 }

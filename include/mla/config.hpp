@@ -40,6 +40,26 @@ inline const char* to_string(RopeType t) {
   return "?";
 }
 
+/// Upper bound on any single size in a config (hidden size, head counts, ranks, head dims):
+/// far above any real model, and small enough that every product the library forms from them
+/// (e.g. heads * head_dim * tokens) stays inside int64.
+inline constexpr std::int64_t kMaxConfigDim = std::int64_t{1} << 24;
+/// Upper bound on positions (RoPE table length).
+inline constexpr std::int64_t kMaxPositions = std::int64_t{1} << 32;
+
+namespace internal {
+inline void check_dim(const char* name, std::int64_t v, bool zero_ok = false) {
+  MLA_CHECK_ARG(zero_ok ? v >= 0 : v > 0, name, " (", v, ") must be ",
+                zero_ok ? "non-negative" : "positive");
+  MLA_CHECK_ARG(v <= kMaxConfigDim, name, " (", v, ") exceeds the supported maximum ",
+                kMaxConfigDim);
+}
+inline void check_positions_bound(std::int64_t v) {
+  MLA_CHECK_ARG(v > 0 && v <= kMaxPositions, "max_position_embeddings (", v,
+                ") must be in [1, ", kMaxPositions, "]");
+}
+}  // namespace internal
+
 /// YaRN's magnitude correction, get_mscale(s, m) = 0.1 m ln(s) + 1 (1 when s <= 1).
 inline double yarn_get_mscale(double scale, double mscale = 1.0) {
   return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
@@ -134,17 +154,14 @@ struct AttentionConfig {
   double softmax_scale() const { return 1.0 / std::sqrt(static_cast<double>(head_dim)); }
 
   void validate() const {
-    MLA_CHECK_ARG(hidden_size > 0, "hidden_size (", hidden_size, ") must be positive");
-    MLA_CHECK_ARG(num_attention_heads > 0, "num_attention_heads (", num_attention_heads,
-                  ") must be positive");
-    MLA_CHECK_ARG(num_key_value_heads > 0, "num_key_value_heads (", num_key_value_heads,
-                  ") must be positive");
+    internal::check_dim("hidden_size", hidden_size);
+    internal::check_dim("num_attention_heads", num_attention_heads);
+    internal::check_dim("num_key_value_heads", num_key_value_heads);
+    internal::check_dim("head_dim", head_dim);
+    internal::check_positions_bound(max_position_embeddings);
     MLA_CHECK_ARG(num_attention_heads % num_key_value_heads == 0, "num_attention_heads (",
                   num_attention_heads, ") is not divisible by num_key_value_heads (",
                   num_key_value_heads, ")");
-    MLA_CHECK_ARG(head_dim > 0, "head_dim (", head_dim, ") must be positive");
-    MLA_CHECK_ARG(max_position_embeddings > 0, "max_position_embeddings (",
-                  max_position_embeddings, ") must be positive");
     MLA_CHECK_ARG(num_hidden_layers > 0, "num_hidden_layers (", num_hidden_layers,
                   ") must be positive");
     rope.validate(head_dim);
@@ -200,18 +217,15 @@ struct MlaConfig {
   }
 
   void validate() const {
-    MLA_CHECK_ARG(hidden_size > 0, "hidden_size (", hidden_size, ") must be positive");
-    MLA_CHECK_ARG(num_attention_heads > 0, "num_attention_heads (", num_attention_heads,
-                  ") must be positive");
-    MLA_CHECK_ARG(q_lora_rank >= 0, "q_lora_rank (", q_lora_rank,
-                  ") must be positive, or 0 for no query compression");
-    MLA_CHECK_ARG(kv_lora_rank > 0, "kv_lora_rank (", kv_lora_rank, ") must be positive");
-    MLA_CHECK_ARG(qk_nope_head_dim > 0, "qk_nope_head_dim (", qk_nope_head_dim,
-                  ") must be positive");
-    MLA_CHECK_ARG(v_head_dim > 0, "v_head_dim (", v_head_dim, ") must be positive");
+    internal::check_dim("hidden_size", hidden_size);
+    internal::check_dim("num_attention_heads", num_attention_heads);
+    internal::check_dim("q_lora_rank", q_lora_rank, /*zero_ok=*/true);  // 0 = no q compression
+    internal::check_dim("kv_lora_rank", kv_lora_rank);
+    internal::check_dim("qk_nope_head_dim", qk_nope_head_dim);
+    internal::check_dim("qk_rope_head_dim", qk_rope_head_dim);
+    internal::check_dim("v_head_dim", v_head_dim);
+    internal::check_positions_bound(max_position_embeddings);
     MLA_CHECK_ARG(latent_norm_eps > 0, "latent_norm_eps (", latent_norm_eps, ") must be positive");
-    MLA_CHECK_ARG(max_position_embeddings > 0, "max_position_embeddings (",
-                  max_position_embeddings, ") must be positive");
     MLA_CHECK_ARG(num_hidden_layers > 0, "num_hidden_layers (", num_hidden_layers,
                   ") must be positive");
     rope.validate(qk_rope_head_dim);

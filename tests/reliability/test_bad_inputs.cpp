@@ -158,10 +158,10 @@ TEST(BadInputs, MlaMissingWeightNamesIt) {
   EXPECT_NO_THROW(io::load_mla_layer<float>(file_with(t), cfg, 0));
 }
 
-// DISABLED until the loader checks weight dtypes (reported): an integer tensor where a float
-// weight belongs is converted silently (safetensors read<float> accepts any integer dtype), so a
-// corrupted or mislabelled checkpoint loads as garbage weights instead of failing.
-TEST(BadInputs, DISABLED_WrongDtypeWeightIsRejectedByTheLoader) {
+// An integer tensor where a float weight belongs is rejected by the loader, naming the tensor and
+// its dtype (safetensors read<float> alone would convert it, loading a mislabelled or corrupted
+// checkpoint as garbage weights).
+TEST(BadInputs, WrongDtypeWeightIsRejectedByTheLoader) {
   Rng rng(43);
   const AttentionConfig cfg = small_gqa();
   auto tensors = gqa_tensors(cfg, rng);

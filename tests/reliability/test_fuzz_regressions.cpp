@@ -53,11 +53,10 @@ TEST(FuzzRegressions, NonStringModelTypeIsARuntimeErrorNamingTheKey) {
       R"({"hidden_size": 64, "num_attention_heads": 2, "model_type": null})")));
 }
 
-// DISABLED until validate() bounds the dims (reported): configs whose dims are each valid but whose
-// derived sizes overflow int64 pass validate(), and the accessors and loaders then compute them
-// with signed overflow (UB): qk_head_dim() = N + P, kv_values_per_token() = 2 KV D,
-// decompressed_values_per_token(), load_gqa_layer's H * D. parse_*_config must reject them.
-TEST(FuzzRegressions, DISABLED_ConfigDimsThatOverflowAreRejected) {
+// Configs whose dims are each positive but whose derived sizes (qk_head_dim() = N + P,
+// kv_values_per_token() = 2 KV D, load_gqa_layer's H * D ...) would overflow int64 are rejected:
+// validate() bounds every dim by kMaxConfigDim.
+TEST(FuzzRegressions, ConfigDimsThatOverflowAreRejected) {
   const char* mla = R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 16,
       "qk_nope_head_dim": 4611686018427387904, "qk_rope_head_dim": 4611686018427387904,
       "v_head_dim": 8})";

@@ -25,6 +25,15 @@ inline std::string attention_prefix(int layer) {
 
 namespace detail {
 
+/// Weights must be stored in a float dtype: an integer tensor under a weight's name means a
+/// mislabelled or corrupted checkpoint, which would otherwise load as garbage.
+template <class Source>
+void check_float_weight(const Source& src, const std::string& name) {
+  const Dtype d = src.info(name).dtype;
+  MLA_CHECK_DATA(dtype_is_float(d), "weight '", name, "' in ", src.where(name), " has dtype ",
+                 dtype_name(d), "; attention weights must be F32, F16, BF16, F64 or FP8");
+}
+
 template <class Scalar, class Source>
 Linear<Scalar> read_linear(const Source& src, const std::string& prefix, const char* name,
                            Index out, Index in, bool bias) {
@@ -32,10 +41,12 @@ Linear<Scalar> read_linear(const Source& src, const std::string& prefix, const c
   MLA_CHECK_DATA(src.contains(base + ".weight"), "missing weight '", base, ".weight' in ",
                  src.where(base + ".weight"));
   Linear<Scalar> l;
+  check_float_weight(src, base + ".weight");
   l.weight = src.template read_matrix<Scalar>(base + ".weight", out, in);
   if (bias) {
     MLA_CHECK_DATA(src.contains(base + ".bias"), "missing bias '", base,
                    ".bias' (the config asks for attention biases) in ", src.where(base + ".bias"));
+    check_float_weight(src, base + ".bias");
     l.bias = src.template read_vector<Scalar>(base + ".bias", out);
   }
   return l;
@@ -46,6 +57,7 @@ Vector<Scalar> read_norm(const Source& src, const std::string& prefix, const cha
                          Index n) {
   const std::string full = prefix + name + ".weight";
   MLA_CHECK_DATA(src.contains(full), "missing weight '", full, "' in ", src.where(full));
+  check_float_weight(src, full);
   return src.template read_vector<Scalar>(full, n);
 }
 

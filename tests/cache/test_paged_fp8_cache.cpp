@@ -277,11 +277,12 @@ TEST(Fp8LatentCache, DecodeMatchesReferenceOnDequantisedRows) {
 struct CacheErrors {
   double fp8 = 0, bf16 = 0;  // max |y_cache - y_float| / max |y_float|
   double fp8_vs_reference = 0;
+  double fp8_contiguous_vs_paged = 0;  // the same bytes through both views
 };
 
 /// Runs every io file of a reference case through the layer (prefill of the first half, then
 /// token by token) with a float LatentCache (layer.forward, absorbed) and through
-/// mla_decode_batch with a paged FP8 cache and a bf16 LatentCache.
+/// mla_decode_batch with a paged FP8 cache, a contiguous Fp8LatentCache and a bf16 LatentCache.
 CacheErrors measure_case(const std::filesystem::path& folder) {
   const io::Checkpoint ckpt(folder);
   const MlaConfig cfg = io::parse_mla_config(ckpt.config());
@@ -297,7 +298,9 @@ CacheErrors measure_case(const std::filesystem::path& folder) {
     auto cb = layer.make_latent_cache<bfloat16>(T);
     LatentBlockPool<Fp8Latent> pool(cfg.kv_lora_rank, cfg.qk_rope_head_dim, (T + 3) / 4, 4);
     PagedLatentCache<Fp8Latent> c8(pool, T);
-    Matrix<float> yf(T, cfg.hidden_size), yb(T, cfg.hidden_size), y8(T, cfg.hidden_size);
+    Fp8LatentCache c8c(cfg.kv_lora_rank, cfg.qk_rope_head_dim, T);
+    Matrix<float> yf(T, cfg.hidden_size), yb(T, cfg.hidden_size), y8(T, cfg.hidden_size),
+        y8c(T, cfg.hidden_size);
     Workspace ws;
     BatchedDecodeContext ctx;
     for (Index t0 = 0; t0 < T;) {
@@ -312,9 +315,13 @@ CacheErrors measure_case(const std::filesystem::path& folder) {
       mla_decode_batch(layer, xs, ps, {n}, std::vector<PagedLatentCache<Fp8Latent>*>{&c8}, out,
                        ctx);
       y8.middleRows(t0, n) = out;
+      mla_decode_batch(layer, xs, ps, {n}, std::vector<Fp8LatentCache*>{&c8c}, out, ctx);
+      y8c.middleRows(t0, n) = out;
       t0 += n;
     }
     const double scale = yf.cwiseAbs().maxCoeff();
+    e.fp8_contiguous_vs_paged =
+        std::max(e.fp8_contiguous_vs_paged, double((y8c - y8).cwiseAbs().maxCoeff()) / scale);
     e.fp8 = std::max(e.fp8, double((y8 - yf).cwiseAbs().maxCoeff()) / scale);
     e.bf16 = std::max(e.bf16, double((yb - yf).cwiseAbs().maxCoeff()) / scale);
     e.fp8_vs_reference = std::max(
@@ -340,6 +347,8 @@ TEST(Fp8LatentCache, LayerErrorAgainstTheFloatCacheOnReferenceCases) {
     // ... and the layer output stays within one E4M3 rounding step (2^-4 relative): rounding
     // errors of thousands of latent values average out in the scores and the P.C sum.
     EXPECT_LT(e.fp8, 0x1p-4) << name;
+    // A contiguous Fp8LatentCache holds the same bytes as the paged one: same result.
+    EXPECT_LE(e.fp8_contiguous_vs_paged, 1e-5) << name;
   }
 }
 

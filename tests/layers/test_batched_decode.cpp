@@ -180,7 +180,7 @@ TEST(BatchedAbsorbedAttention, OneLongSequenceIsSplitAcrossThreads) {
   Batch<float> batch(4, 16, 4, {2000, 10, 20, 30}, {1, 1, 1, 1}, 64, 5);
   ThreadPool pool2(2);
   kernels::BatchedAbsorbedWorkspace ws;
-  kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2);
+  kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2, {1, 128});
   const internal::BatchedPlan& plan = ws.plan();
   ASSERT_EQ(plan.part_begin.size(), 3u);  // two parts
   Index rows[2] = {0, 0};
@@ -191,9 +191,13 @@ TEST(BatchedAbsorbedAttention, OneLongSequenceIsSplitAcrossThreads) {
   EXPECT_EQ(rows[1], 1030);
   EXPECT_EQ(plan.units[0].num_pieces, 2);  // the long one, split
   EXPECT_EQ(plan.split_units.size(), 1u);
-  // More parts per thread cut the work finer.
-  kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2, {4, 64});
+  // More parts per thread cut the work finer: by default as many as the contiguous kernel's
+  // splits (4 per thread): parts of 257-258 rows, the long sequence cut into 8 pieces.
+  kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2);
   EXPECT_EQ(ws.plan().part_begin.size(), 9u);
+  EXPECT_EQ(ws.plan().units[0].num_pieces, 8);
+  kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2, {2, 64});
+  EXPECT_EQ(ws.plan().part_begin.size(), 5u);
   // One thread: a single part, nothing split.
   kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, nullptr);
   EXPECT_EQ(ws.plan().part_begin.size(), 2u);

@@ -10,7 +10,7 @@
 //
 // Scheduling (FlashMLA's get_mla_metadata idea, on CPU threads): the work of the batch, the
 // cache rows of every (sequence, 128-query-row pass), is laid end to end and cut into
-// threads x parts_per_thread parts of equal row count. A part may cover many short sequences or
+// threads x parts_per_thread parts of equal row count (handed out dynamically). A part may cover many short sequences or
 // a slice of a long one, so one long sequence never leaves threads idle. A (sequence, pass)
 // covered by one part is finished in place; one cut into several pieces leaves a partial
 // (unnormalised O, running max, running sum) per piece, merged by a log-sum-exp combine at the
@@ -69,10 +69,11 @@ struct DecodeSequence {
 
 /// Scheduling knobs of batched_absorbed_attention().
 struct BatchedDecodeOptions {
-  /// Parts of equal work per thread. 1 cuts the batch into exactly one part per thread (the
-  /// fewest merges); more parts balance better when threads are disturbed, at one more partial
-  /// and merge per cut.
-  int parts_per_thread = 1;
+  /// Parts of equal work per thread when there is more than one thread (one thread always runs
+  /// one part). Parts are handed out dynamically, so several per thread even out cores that are
+  /// not equally available, as the contiguous kernel's kMlaSplitsPerThread splits do; each cut
+  /// costs one more partial and merge. 1 gives exactly one part per thread.
+  int parts_per_thread = int(internal::kMlaSplitsPerThread);
   /// Parts are not made smaller than this many cache rows (splitting then costs more than it
   /// saves: a partial is 128 x 512 floats to write and merge).
   Index min_rows_per_part = 128;
@@ -87,6 +88,7 @@ namespace internal {
 struct DecodeUnit {
   Index seq = 0, m0 = 0, mc = 0, len = 0;
   Index first_piece = 0, num_pieces = 0;
+  float* q_packed = nullptr;  // [ceil(mc / 16)][K][16] when num_pieces > 1 (shared by its pieces)
   float* part_o = nullptr;    // [num_pieces][mc][o_stride] when num_pieces > 1
   float* part_max = nullptr;  // [num_pieces][mc]
   float* part_sum = nullptr;  // [num_pieces][mc]
@@ -109,10 +111,10 @@ struct BatchedPlan {
 
 /// Per-thread scratch of a batched call: the packed query of the piece being run, S^T/P^T tile,
 /// widened or dequantised tile, running max/sum/alpha, and an O accumulator for pieces that cover
-/// a whole unit. The query is packed per piece, not once per sequence up front: a piece's 128
-/// query rows (288 KiB at V3 sizes) then sit in this thread's L2 while it runs, where a packed
-/// copy of the whole batch (18 MiB at B = 64) would be read back from memory, and only a unit
-/// cut into several pieces is packed more than once (at most parts - 1 extra packs per call).
+/// a whole unit. A unit run as one piece packs its query right before it runs, into this
+/// scratch: its 128 query rows (288 KiB at V3 sizes) then sit in this thread's L2, where a packed
+/// copy of the whole batch (18 MiB at B = 64) would be read back from memory. Units cut into
+/// several pieces (at most parts - 1 of them) are packed once, up front, and shared.
 struct DecodeScratch {
   float *q_packed = nullptr, *st = nullptr, *wide = nullptr, *run_max = nullptr,
         *run_sum = nullptr, *alpha = nullptr, *o = nullptr;
@@ -156,22 +158,29 @@ const float* tile_rows(const typename LatentRowCodec<T>::Unit* src, Index src_st
   }
 }
 
-/// Runs one piece: packs its query rows [m0, m0 + mc) ([q_lat | q_pe] * scale * log2 e, 16-row
-/// panels, as the kernel does), then the online softmax over rows [j0, j1) of its unit, into
-/// `o` [mc, o_stride] and sc.run_max / sc.run_sum (unnormalised, as the kernel's split partials).
+/// Packs a unit's query rows [m0, m0 + mc) as the kernel does: [q_lat | q_pe] * scale * log2 e
+/// in 16-row panels.
+template <class T>
+void pack_unit_query(const kernels::DecodeSequence<T>& seq, const DecodeUnit& u,
+                     float softmax_scale, float* packed) {
+  const Index R = seq.cache.kv_lora_rank, P = seq.cache.rope_dim;
+  mla_pack_query(seq.q_lat + u.m0 * R, seq.q_pe + u.m0 * P, u.mc, R, P, softmax_scale * kLog2e,
+                 packed);
+}
+
+/// Runs one piece with its packed query `qp`: the online softmax over rows [j0, j1) of its unit,
+/// into `o` [mc, o_stride] and sc.run_max / sc.run_sum (unnormalised, as the kernel's split
+/// partials).
 template <class Ops, class T>
 void run_decode_piece(const kernels::DecodeSequence<T>& seq, Index num_heads, const DecodeUnit& u,
-                      Index j0, Index j1, float softmax_scale, Index o_stride, float* o,
+                      Index j0, Index j1, const float* qp, Index o_stride, float* o,
                       const DecodeScratch& sc) {
   const LatentRowsView<T>& view = seq.cache;
-  const Index R = view.kv_lora_rank, P = view.rope_dim, K = R + P;
+  const Index R = view.kv_lora_rank, K = R + view.rope_dim;
   const Index mc = u.mc, mc16 = round_up(mc, kMlaPanel);
-  mla_pack_query(seq.q_lat + u.m0 * R, seq.q_pe + u.m0 * P, mc, R, P, softmax_scale * kLog2e,
-                 sc.q_packed);
   std::fill(o, o + mc * o_stride, 0.0f);
   std::fill(sc.run_max, sc.run_max + mc16, -std::numeric_limits<float>::infinity());
   std::fill(sc.run_sum, sc.run_sum + mc16, 0.0f);
-  const float* qp = sc.q_packed;
   const Index first_masked = view.len - seq.q_len + 1;  // rows >= this are hidden from some tokens
   for (Index j = j0; j < j1;) {
     const Index n = view.run_length(j, j1);
@@ -203,7 +212,12 @@ void batched_absorbed_run(Index num_heads, const kernels::DecodeSequence<T>* seq
                           float softmax_scale, const BatchedPlan& plan, ThreadPool* pool) {
   (void)batch;
   const Index R = seqs[0].cache.kv_lora_rank, K = R + seqs[0].cache.rope_dim;
-  // 1. The parts; each runs its pieces in order on one thread.
+  // 1. The queries of the units cut into pieces, packed once for all their pieces.
+  parallel_for(pool, Index(plan.split_units.size()), [&](Index i, int) {
+    const DecodeUnit& u = plan.units[std::size_t(plan.split_units[std::size_t(i)])];
+    pack_unit_query(seqs[u.seq], u, softmax_scale, u.q_packed);
+  });
+  // 2. The parts; each runs its pieces in order on one thread.
   const Index parts = Index(plan.part_begin.size()) - 1;
   parallel_for(pool, parts, [&](Index part, int thread) {
     DecodeScratch sc;
@@ -214,7 +228,8 @@ void batched_absorbed_run(Index num_heads, const kernels::DecodeSequence<T>* seq
       const DecodeUnit& u = plan.units[std::size_t(piece.unit)];
       const kernels::DecodeSequence<T>& s = seqs[u.seq];
       if (u.num_pieces == 1) {
-        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, softmax_scale, plan.o_stride,
+        pack_unit_query(s, u, softmax_scale, sc.q_packed);
+        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, sc.q_packed, plan.o_stride,
                               sc.o, sc);
         for (Index m = 0; m < u.mc; ++m) {
           const float l = combine_splits(sc.o + m * plan.o_stride, 0, sc.run_max + m,
@@ -223,14 +238,14 @@ void batched_absorbed_run(Index num_heads, const kernels::DecodeSequence<T>* seq
         }
       } else {
         const Index k = p - u.first_piece;
-        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, softmax_scale, plan.o_stride,
+        run_decode_piece<Ops>(s, num_heads, u, piece.j0, piece.j1, u.q_packed, plan.o_stride,
                               u.part_o + k * u.mc * plan.o_stride, sc);
         std::copy(sc.run_max, sc.run_max + u.mc, u.part_max + k * u.mc);
         std::copy(sc.run_sum, sc.run_sum + u.mc, u.part_sum + k * u.mc);
       }
     }
   });
-  // 2. Log-sum-exp combine of the units that were cut into pieces.
+  // 3. Log-sum-exp combine of the units that were cut into pieces.
   parallel_for(pool, Index(plan.split_units.size()), [&](Index i, int) {
     const DecodeUnit& u = plan.units[std::size_t(plan.split_units[std::size_t(i)])];
     const kernels::DecodeSequence<T>& s = seqs[u.seq];
@@ -321,8 +336,8 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
       work += u.len;
     }
   }
-  const Index parts = std::max<Index>(
-      1, std::min<Index>(Index(threads) * options.parts_per_thread, work / options.min_rows_per_part));
+  const Index want = threads == 1 ? 1 : Index(threads) * options.parts_per_thread;
+  const Index parts = std::max<Index>(1, std::min<Index>(want, work / options.min_rows_per_part));
   // Cut [0, work) at the part boundaries work * p / parts and at the unit boundaries.
   {
     Index u = 0, unit_start = 0, pos = 0;
@@ -353,6 +368,7 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
     plan.scratch = arena.take(Index(threads) * plan.scratch_stride);
     for (internal::DecodeUnit& u : plan.units) {
       if (u.num_pieces <= 1) continue;
+      u.q_packed = arena.take(internal::round_up(u.mc, internal::kMlaPanel) * K);
       u.part_o = arena.take(u.num_pieces * u.mc * plan.o_stride);
       u.part_max = arena.take(u.num_pieces * u.mc);
       u.part_sum = arena.take(u.num_pieces * u.mc);
@@ -378,7 +394,8 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
 
 /// Absorbed MLA decode of one sequence through its block table (a batch of one): q_len new
 /// tokens, `num_heads` heads, the cache rows of `cache` (the new tokens' rows included).
-/// Same math and shapes as absorbed_attention(); threads split the rows into equal parts.
+/// Same math and shapes as absorbed_attention(); threads split the rows into equal parts, as
+/// many per thread as the contiguous kernel uses (kMlaSplitsPerThread).
 template <class T>
 void paged_absorbed_attention(Index q_len, Index num_heads, const float* q_lat, const float* q_pe,
                               const LatentRowsView<T>& cache, float softmax_scale, float* o_lat,

@@ -26,6 +26,7 @@
 
 #include "mla/cache/kv_cache.hpp"
 #include "mla/cache/latent_cache.hpp"
+#include "mla/cache/quantized_latent_cache.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
 #include "mla/presets.hpp"
@@ -130,6 +131,29 @@ void with_cache(const ModelEntry& m, mla::Index tokens, Fn&& fn) {
   }
 }
 
+/// The 8-bit latent cache of an MLA model (FlashMLA's FP8 layout: c_kv as FP8 e4m3, one float
+/// scale per 128 values, k_pe in bf16), allocated for one token, as figures in the same form.
+inline CacheFigures measure_fp8(const ModelEntry& m) {
+  CacheFigures f;
+  f.model = m.name;
+  f.attention = m.attention;
+  f.cache_shape = m.cache_shape;
+  f.dtype = "fp8";
+  f.element_bytes = 1;
+  f.layers = m.layers;
+  const mla::Fp8LatentCache cache(m.kv_lora, m.rope, 1);
+  MLA_CHECK_DATA(cache.bytes_allocated() == cache.bytes_per_token(), m.name,
+                 ": a one-token FP8 cache allocates ", cache.bytes_allocated(),
+                 " bytes but reports ", cache.bytes_per_token(), " bytes per token");
+  f.elements_per_token_layer = cache.row_dim();
+  f.bytes_per_token_layer = static_cast<std::int64_t>(cache.bytes_per_token());
+  f.bytes_per_token_model = f.bytes_per_token_layer * m.layers;
+  for (std::int64_t n : report_contexts())
+    f.gib_per_sequence.push_back(static_cast<double>(f.bytes_per_token_model) *
+                                 static_cast<double>(n) / (1024.0 * 1024.0 * 1024.0));
+  return f;
+}
+
 /// Allocates a one-token cache of `m` with element type T and reads its byte counts.
 /// Throws std::runtime_error if the allocation disagrees with bytes_per_token().
 template <class T>
@@ -184,6 +208,8 @@ struct PublishedCheck {
 
 struct Report {
   std::vector<CacheFigures> sizes;  ///< per model: bf16 then f32 entries, model order
+  /// MLA models with the 8-bit latent cache (mla::Fp8LatentCache); GQA/MHA have no 8-bit cache.
+  std::vector<CacheFigures> fp8_sizes;
   std::vector<Reduction> reductions;
   std::vector<PublishedCheck> checks;
   std::vector<std::string> notes;
@@ -215,6 +241,7 @@ inline Report build_report() {
   for (const ModelEntry& m : models) {
     r.sizes.push_back(measure<mla::bfloat16>(m, "bf16"));
     r.sizes.push_back(measure<float>(m, "f32"));
+    if (m.latent) r.fp8_sizes.push_back(measure_fp8(m));
   }
   for (const ModelEntry& m : models) {
     if (m.attention != "MLA") continue;
@@ -253,8 +280,10 @@ inline Report build_report() {
                                              r.find("Llama-3.1-405B", "bf16").layers, " layers"),
                       "516.1 KB", kb("Llama-3.1-405B"), 1, 516.1, " KB"});
   r.notes.push_back(
-      "8-bit cache elements (FP8 / INT8): not supported by the library's caches and kernels yet, "
-      "so not reported. FP16 has the size of BF16.");
+      "8-bit: MLA latent caches only (mla::Fp8LatentCache, FlashMLA's layout: 512 FP8 e4m3 c_kv "
+      "values + 4 float scales + 64 bf16 k_pe = 656 bytes for DeepSeek-V3); 'values' counts the "
+      "dequantised row. The library has no 8-bit K/V cache for GQA/MHA. FP16 has the size of "
+      "BF16.");
   r.notes.push_back(
       "Bytes come from allocated mla::LatentCache / mla::KvCache objects (bytes_per_token(), "
       "bytes_allocated() of a one-token cache); KB = 1000 bytes, GiB = 2^30 bytes; one sequence, "
@@ -293,7 +322,8 @@ inline std::string ctx_label(std::int64_t n) { return std::to_string(n / 1024) +
 
 using Row = std::vector<std::string>;
 
-inline std::vector<Row> size_rows(const Report& r, const std::string& dtype, bool with_dtype) {
+inline std::vector<Row> size_rows(const std::vector<CacheFigures>& sizes,
+                                  const std::string& dtype, bool with_dtype) {
   std::vector<Row> rows;
   Row head{"Model", "Attention", "Layers", "Cache row per token per layer"};
   if (with_dtype) head.push_back("Type");
@@ -302,7 +332,7 @@ inline std::vector<Row> size_rows(const Report& r, const std::string& dtype, boo
     head.push_back(h);
   for (std::int64_t n : report_contexts()) head.push_back("GiB @" + ctx_label(n));
   rows.push_back(head);
-  for (const CacheFigures& f : r.sizes) {
+  for (const CacheFigures& f : sizes) {
     if (!dtype.empty() && f.dtype != dtype) continue;
     Row row{f.model, f.attention, std::to_string(f.layers), f.cache_shape};
     if (with_dtype) row.push_back(f.dtype);
@@ -413,9 +443,13 @@ inline std::string render(const Report& r, Format format, const std::string& sec
           os << h << "KV cache per token, " << (std::string(dt) == "bf16" ? "16-bit (BF16/FP16)"
                                                                           : "32-bit (FP32)")
              << " elements" << (md ? "" : " ==") << "\n\n";
-          table(size_rows(r, dt, false));
+          table(size_rows(r.sizes, dt, false));
           os << '\n';
         }
+        os << h << "MLA latent cache per token, 8-bit (FP8 e4m3 c_kv + scales + bf16 k_pe)"
+           << (md ? "" : " ==") << "\n\n";
+        table(size_rows(r.fp8_sizes, "fp8", false));
+        os << '\n';
       }
       if (all || section == "reductions") {
         os << h << "Cache reduction of MLA against GQA/MHA (any element type)"
@@ -435,7 +469,11 @@ inline std::string render(const Report& r, Format format, const std::string& sec
     case Format::kCsv:
       // One table per section; with all sections they follow one another, separated by an
       // empty line (pick one with --section for a single-table CSV).
-      if (all || section == "sizes") csv_table(os, size_rows(r, "", true));
+      if (all || section == "sizes") {
+        std::vector<CacheFigures> every = r.sizes;
+        every.insert(every.end(), r.fp8_sizes.begin(), r.fp8_sizes.end());
+        csv_table(os, size_rows(every, "", true));
+      }
       if (all) os << '\n';
       if (all || section == "reductions") csv_table(os, reduction_rows(r));
       if (all) os << '\n';
@@ -447,7 +485,9 @@ inline std::string render(const Report& r, Format format, const std::string& sec
       j["contexts"] = report_contexts();
       if (all || section == "sizes") {
         auto& arr = j["sizes"] = nlohmann::ordered_json::array();
-        for (const CacheFigures& f : r.sizes)
+        std::vector<CacheFigures> every = r.sizes;
+        every.insert(every.end(), r.fp8_sizes.begin(), r.fp8_sizes.end());
+        for (const CacheFigures& f : every)
           arr.push_back({{"model", f.model},
                          {"attention", f.attention},
                          {"cache_row", f.cache_shape},

@@ -95,6 +95,21 @@ TEST(KvCacheReport, MatchesWhatLargerAllocatedCachesHold) {
   EXPECT_EQ(decompressed.bytes_per_token(), 81920u);
 }
 
+TEST(KvCacheReport, ReportsTheFp8LatentCacheFromAllocatedCaches) {
+  const Report r = build_report();
+  ASSERT_EQ(r.fp8_sizes.size(), 3u);  // the three MLA models
+  for (const CacheFigures& f : r.fp8_sizes) {
+    SCOPED_TRACE(f.model);
+    EXPECT_EQ(f.attention, "MLA");
+    EXPECT_EQ(f.elements_per_token_layer, 576);
+    // FlashMLA's FP8 row: 512 e4m3 codes + 4 float scales (one per 128) + 64 bf16 rope values.
+    EXPECT_EQ(f.bytes_per_token_layer, 512 + 4 * 4 + 64 * 2);
+    EXPECT_EQ(f.bytes_per_token_model, 656 * f.layers);
+    const mla::Fp8LatentCache many(512, 64, 10);
+    EXPECT_EQ(many.bytes_allocated(), 10u * std::size_t(f.bytes_per_token_layer));
+  }
+}
+
 TEST(KvCacheReport, ReproducesThePublishedFigures) {
   const Report r = build_report();
   // DeepSeek-V3: 512 + 64 = 576 values; Qwen2.5-72B: 8 KV heads x 128 x 2 = 2048 values.
@@ -118,7 +133,7 @@ TEST(KvCacheReport, ReproducesThePublishedFigures) {
   EXPECT_EQ(r.checks.size(), 5u);
 
   const std::string text = render(r, Format::kTable);
-  for (const char* s : {"71.88%", "70.272", "327.68", "516.1 KB", "516.096", "not supported"})
+  for (const char* s : {"71.88%", "70.272", "327.68", "516.1 KB", "516.096", "656", "8-bit"})
     EXPECT_NE(text.find(s), std::string::npos) << "table lacks " << s;
   const std::string md = render(r, Format::kMarkdown);
   EXPECT_NE(md.find("| DeepSeek-V3 | Qwen2.5-72B | GQA | 71.88% |"), std::string::npos) << md;
@@ -127,7 +142,7 @@ TEST(KvCacheReport, ReproducesThePublishedFigures) {
 TEST(KvCacheReport, MachineFormats) {
   const Report r = build_report();
   const auto j = nlohmann::json::parse(render(r, Format::kJson));
-  ASSERT_EQ(j.at("sizes").size(), 20u);
+  ASSERT_EQ(j.at("sizes").size(), 23u);  // 10 models x {bf16, f32} + 3 MLA models x fp8
   bool found = false;
   for (const auto& s : j.at("sizes"))
     if (s.at("model") == "DeepSeek-V3" && s.at("dtype") == "bf16") {
@@ -146,7 +161,7 @@ TEST(KvCacheReport, MachineFormats) {
   std::getline(csv, line);
   EXPECT_EQ(line.rfind("Model,Attention,Layers,", 0), 0u) << line;
   while (std::getline(csv, line)) ++lines;
-  EXPECT_EQ(lines, 20);
+  EXPECT_EQ(lines, 23);  // 20 bf16/f32 rows + 3 fp8 rows
 
   EXPECT_EQ(mla_bench::kv::parse_format("csv"), Format::kCsv);
   EXPECT_EQ(mla_bench::kv::parse_format("markdown"), Format::kMarkdown);

@@ -26,51 +26,7 @@
 #include "mla/presets.hpp"
 #include "support/random.hpp"
 
-namespace {
-std::atomic<bool> g_counting{false};
-std::atomic<long> g_allocs{0};
-std::atomic<long> g_bytes{0};
-
-void* counted_alloc(std::size_t n, std::size_t align) {
-  if (g_counting.load(std::memory_order_relaxed)) {
-    g_allocs.fetch_add(1, std::memory_order_relaxed);
-    g_bytes.fetch_add(static_cast<long>(n), std::memory_order_relaxed);
-  }
-  if (n == 0) n = 1;
-  void* p = align > alignof(std::max_align_t)
-                ? std::aligned_alloc(align, (n + align - 1) / align * align)
-                : std::malloc(n);
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
-
-void* operator new(std::size_t n) { return counted_alloc(n, 0); }
-void* operator new[](std::size_t n) { return counted_alloc(n, 0); }
-void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return counted_alloc(n, 0);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  try {
-    return counted_alloc(n, 0);
-  } catch (...) {
-    return nullptr;
-  }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#include "support/alloc_counter.hpp"
 
 namespace mla {
 namespace {
@@ -82,11 +38,11 @@ using testing::Rng;
 template <class Fn>
 std::pair<long, long> count_allocs(Fn&& fn) {
   g_allocs = 0;
-  g_bytes = 0;
-  g_counting = true;
+  g_alloc_bytes = 0;
+  g_count_allocs = true;
   fn();
-  g_counting = false;
-  return {g_allocs.load(), g_bytes.load()};
+  g_count_allocs = false;
+  return {g_allocs.load(), g_alloc_bytes.load()};
 }
 
 MlaConfig small_mla() {

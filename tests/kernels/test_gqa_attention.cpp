@@ -125,8 +125,10 @@ struct Heads {
 
 TEST(GqaAttention, MatchesReferenceSweep) {
   mla::ThreadPool pool2(2);
-  // MHA, GQA (group 3, 4), MQA, odd kv head counts (threads do not divide them: split-KV).
-  const Heads hs[] = {{1, 1}, {4, 4}, {6, 2}, {8, 2}, {3, 1}, {9, 3}};
+  // MHA, GQA (group 3, 4, 7, 8), MQA, odd kv head counts (threads do not divide them: split-KV).
+  // group * q_len >= 6 query rows per kv head run the packed form, fewer the row-streaming form;
+  // 7 and 12 rows leave partly filled 8-row panels.
+  const Heads hs[] = {{1, 1}, {4, 4}, {6, 2}, {8, 2}, {3, 1}, {9, 3}, {7, 1}, {16, 2}};
   const Index lens[] = {1, 2, 7, 63, 64, 65, 300, 1000};
   const std::pair<Index, Index> dims[] = {{20, 20}, {13, 29}, {64, 64}, {128, 128}};
   unsigned seed = 1;

@@ -262,36 +262,7 @@ struct MlaAvx2Ops {
 
   static void softmax(float* st, Index lds, Index tn, Index m16, float* run_max, float* run_sum,
                       float* alpha) {
-    const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    for (Index i = 0; i < m16; i += 8) {
-      __m256 tile_max = neg_inf;
-      for (Index t = 0; t < tn; ++t) tile_max = _mm256_max_ps(tile_max, _mm256_load_ps(st + t * lds + i));
-      const __m256 old_max = _mm256_load_ps(run_max + i);
-      const __m256 new_max = _mm256_max_ps(old_max, tile_max);
-      // A row that has seen only masked scores keeps max -inf; subtract 0 instead to avoid NaN.
-      const __m256 safe = _mm256_blendv_ps(new_max, _mm256_setzero_ps(),
-                                           _mm256_cmp_ps(new_max, neg_inf, _CMP_EQ_OQ));
-      __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
-      Index t = 0;
-      for (; t + 2 <= tn; t += 2) {
-        const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + t * lds + i), safe));
-        const __m256 p1 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + (t + 1) * lds + i), safe));
-        _mm256_store_ps(st + t * lds + i, p0);
-        _mm256_store_ps(st + (t + 1) * lds + i, p1);
-        sum0 = _mm256_add_ps(sum0, p0);
-        sum1 = _mm256_add_ps(sum1, p1);
-      }
-      if (t < tn) {
-        const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + t * lds + i), safe));
-        _mm256_store_ps(st + t * lds + i, p0);
-        sum0 = _mm256_add_ps(sum0, p0);
-      }
-      const __m256 a = exp2_avx2(_mm256_sub_ps(old_max, safe));
-      _mm256_store_ps(alpha + i, a);
-      _mm256_store_ps(run_sum + i,
-                      _mm256_fmadd_ps(_mm256_load_ps(run_sum + i), a, _mm256_add_ps(sum0, sum1)));
-      _mm256_store_ps(run_max + i, new_max);
-    }
+    online_softmax_columns_avx2(st, lds, tn, m16, run_max, run_sum, alpha);
   }
 
   // MR query rows x 16 latent columns over tn cache rows; the online-softmax correction is folded

@@ -239,6 +239,44 @@ inline __m256 exp2_avx2(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+/// Online softmax step over a tile of scores stored column-wise, S^T[t * lds + i] for tn cache
+/// rows t and m8 (a multiple of 8) query rows i (base-2 scores): updates the running max and sum
+/// of every query row, overwrites S^T with 2^(s - new max) and writes the rescale factor
+/// alpha[i] = 2^(old max - new max) that the caller applies to its accumulator.
+inline void online_softmax_columns_avx2(float* st, Index lds, Index tn, Index m8, float* run_max,
+                                        float* run_sum, float* alpha) {
+  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (Index i = 0; i < m8; i += 8) {
+    __m256 tile_max = neg_inf;
+    for (Index t = 0; t < tn; ++t) tile_max = _mm256_max_ps(tile_max, _mm256_load_ps(st + t * lds + i));
+    const __m256 old_max = _mm256_load_ps(run_max + i);
+    const __m256 new_max = _mm256_max_ps(old_max, tile_max);
+    // A row that has seen only masked scores keeps max -inf; subtract 0 instead to avoid NaN.
+    const __m256 safe = _mm256_blendv_ps(new_max, _mm256_setzero_ps(),
+                                         _mm256_cmp_ps(new_max, neg_inf, _CMP_EQ_OQ));
+    __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+    Index t = 0;
+    for (; t + 2 <= tn; t += 2) {
+      const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + t * lds + i), safe));
+      const __m256 p1 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + (t + 1) * lds + i), safe));
+      _mm256_store_ps(st + t * lds + i, p0);
+      _mm256_store_ps(st + (t + 1) * lds + i, p1);
+      sum0 = _mm256_add_ps(sum0, p0);
+      sum1 = _mm256_add_ps(sum1, p1);
+    }
+    if (t < tn) {
+      const __m256 p0 = exp2_avx2(_mm256_sub_ps(_mm256_load_ps(st + t * lds + i), safe));
+      _mm256_store_ps(st + t * lds + i, p0);
+      sum0 = _mm256_add_ps(sum0, p0);
+    }
+    const __m256 a = exp2_avx2(_mm256_sub_ps(old_max, safe));
+    _mm256_store_ps(alpha + i, a);
+    _mm256_store_ps(run_sum + i,
+                    _mm256_fmadd_ps(_mm256_load_ps(run_sum + i), a, _mm256_add_ps(sum0, sum1)));
+    _mm256_store_ps(run_max + i, new_max);
+  }
+}
+
 /// 8 bf16 values widened to float (no bf16 instructions on AVX2: zero-extend and shift).
 inline __m256 load8_widen(const bfloat16* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));

@@ -4,7 +4,7 @@
 // Decode attention with few query rows per kv head is memory bound: each K/V element feeds
 // group * q_len multiply-adds. The kernel therefore streams every kv head's K and V exactly once
 // per call, for all group * q_len query rows that read it (FlashInfer / llama.cpp's GQA-packed
-// decode), in tiles of kGqaTileRows rows with an online softmax (flash decoding):
+// decode), in tiles of cache rows with an online softmax (flash decoding):
 //   s[r, t] = q_r . K[t]            (dot products along head_dim, reduced in registers)
 //   online softmax over t per row r (base 2: q is pre-scaled by scale * log2 e)
 //   O[r, :] = alpha_r O[r, :] + sum_t p[r, t] V[t, :]
@@ -12,12 +12,18 @@
 // Threads take whole kv heads when they divide evenly, otherwise each head's rows are also split
 // (split-KV) and the partial results are merged by a log-sum-exp combine.
 //
-// Memory order matters more than FLOPs here: on the Zen 4 machine this was tuned on, the hardware
-// prefetcher only follows strictly ascending reads within a page, so the first pass over each
-// tile reads K and V row after row (scores_block, accumulate_row_sequential); reading rows in
-// lockstep or in column strips halved the bandwidth from DRAM. With group * q_len >= 4 query rows
-// per kv head a 2-FMA-pipe core needs about as long for the arithmetic (2 * (head_dim + v_dim)
-// FLOP per row per query row) as DRAM needs for the bytes, so those shapes are compute bound.
+// Two forms, chosen by the number of query rows per kv head (g_rows = group * q_len):
+// - Row-streaming form (g_rows < kGqaPackedMinRows: MHA, small groups). Memory order matters more
+//   than FLOPs here: the hardware prefetcher of this core class only follows strictly ascending
+//   reads within a page, so the first pass over each tile reads K and V row after row
+//   (scores_block, accumulate_row_sequential); reading rows in lockstep or in column strips halved
+//   the bandwidth from DRAM.
+// - Packed form (g_rows >= kGqaPackedMinRows: GQA with group >= 6 such as Qwen2.5-72B's 8, or
+//   several new tokens). With 8 query rows per kv head a float cache carries 4 FLOP per byte,
+//   about this machine's balance (~92 GFLOP/s FMA peak against ~20 GB/s read), so the arithmetic
+//   must run near the FMA peak for the stream to keep up. The query rows are packed into 8-row
+//   panels and both products are register-blocked GEMMs (the absorbed MLA kernel's structure);
+//   the blocks read cache rows in lockstep, so they prefetch the next operand in software.
 #pragma once
 
 #include <algorithm>
@@ -41,11 +47,46 @@ inline constexpr Index kGqaTileRows = 48;
 // Fewer rows than this per split and the split bookkeeping outweighs the streaming.
 inline constexpr Index kGqaMinRowsPerSplit = 32;
 
+// The packed (GEMM) form, for groups of at least kGqaPackedMinRows query rows per kv head (GQA
+// with group >= 6, or several new tokens): the query rows of a kv head are packed into panels of
+// 8 (one ymm), and both products become register-blocked GEMMs with the vector operand over the
+// 8 query rows and broadcasts from the cache rows, as in the absorbed MLA kernel:
+//   S^T[t, 0:8] = sum_k Qp[k, 0:8] K[t, k]      (block: 8 query rows x kGqaPackedNr cache rows)
+//   O^T[d, 0:8] += sum_t P^T[t, 0:8] V[t, d]    (block: 8 query rows x kGqaPackedNr columns)
+// 12 accumulators + 1 load + 1 broadcast per k step: 13 loads per 12 FMAs, so the two FMA pipes
+// rather than the load ports bound the blocks. No horizontal sums, no transposes of the cache.
+// 36 cache rows per tile: the K or V tile (18 KiB in float) stays in L1 next to the packed query
+// (4 KiB for 8 rows x 128) and the accumulator O^T.
+inline constexpr Index kGqaPackedMinRows = 6;
+inline constexpr Index kGqaPackedTile = 36;
+inline constexpr Index kGqaPackedNr = 12;
+
+/// One thread's scratch in the packed form (carved from `arena`; sizes only when it has no base).
+struct GqaPackedScratch {
+  float* qp;       // packed query panels [g8 / 8][head_dim][8]
+  float* st;       // S^T / P^T tile [kGqaPackedTile][g8]
+  float* ot;       // O^T panels [g8 / 8][v_dim][8]
+  float* run_max;  // [g8]
+  float* run_sum;  // [g8]
+  float* alpha;    // [g8]
+  float* wide;     // bf16 tile widened to float [kGqaPackedTile][wide_stride]
+  GqaPackedScratch(FloatArena& arena, Index g8, Index head_dim, Index v_dim, Index wide_stride)
+      : qp(arena.take(g8 * head_dim)),
+        st(arena.take(kGqaPackedTile * g8)),
+        ot(arena.take(g8 * v_dim)),
+        run_max(arena.take(g8)),
+        run_sum(arena.take(g8)),
+        alpha(arena.take(g8)),
+        wide(arena.take(kGqaPackedTile * wide_stride)) {}
+};
+
 /// Where each piece of a GQA workspace lives (see GqaAttentionWorkspace).
 struct GqaLayout {
   Index g_rows = 0;    // query rows per kv head: group * q_len
+  Index g8 = 0;        // g_rows rounded up to 8 (packed panels)
   Index q_stride = 0;  // head_dim rounded up to 8 (zero padded)
   Index o_stride = 0;  // v_dim rounded up to 8
+  Index wide_stride = 0;  // max(head_dim, v_dim) rounded up to 8: a widened bf16 tile row
   float* part_o = nullptr;    // [kv_heads * threads][g_rows][o_stride]
   float* part_max = nullptr;  // [kv_heads * threads][g_rows]
   float* part_sum = nullptr;  // [kv_heads * threads][g_rows]
@@ -56,13 +97,17 @@ struct GqaLayout {
   GqaLayout(float* base, Index q_len, Index num_heads, Index num_kv_heads, Index head_dim,
             Index v_dim, int threads) {
     g_rows = num_heads / num_kv_heads * q_len;
+    g8 = round_up(g_rows, 8);
     q_stride = round_up(head_dim, 8);
     o_stride = round_up(v_dim, 8);
-    FloatArena per_thread;
-    per_thread.take(g_rows * q_stride);      // scaled query rows of one kv head
-    per_thread.take(g_rows * kGqaTileRows);  // scores / probabilities of one tile
-    per_thread.take(g_rows);                 // alpha
-    scratch_stride = per_thread.used();
+    wide_stride = round_up(std::max(head_dim, v_dim), 8);
+    FloatArena rows_form;
+    rows_form.take(g_rows * q_stride);      // scaled query rows of one kv head
+    rows_form.take(g_rows * kGqaTileRows);  // scores / probabilities of one tile
+    rows_form.take(g_rows);                 // alpha
+    FloatArena packed_form;
+    GqaPackedScratch(packed_form, g8, head_dim, v_dim, wide_stride);
+    scratch_stride = std::max(rows_form.used(), packed_form.used());
     const Index slots = num_kv_heads * threads;
     FloatArena arena(base);
     part_o = arena.take(slots * g_rows * o_stride);
@@ -395,6 +440,205 @@ struct GqaAvx2Ops {
     }
   }
 };
+
+/// Prefetches line i of the n lines at p into L1 (lines past n: the last one again, a cheap L1
+/// hit; no line at all when n is 0).
+inline void prefetch_line(const char* p, Index i, Index n) {
+  if (n > 0) _mm_prefetch(p + 64 * std::min(i, n - 1), _MM_HINT_T0);
+}
+
+/// AVX2 + FMA tile operations of the packed form (see kGqaPackedMinRows). Operands: a query panel
+/// q [k][8], P^T / S^T rows of 8 floats `lds` apart, cache rows `stride` apart (float; bf16 tiles
+/// are widened first), O^T [d][8].
+struct GqaPackedAvx2Ops {
+  // S^T[j, 0:8] = sum_k q[k, 0:8] rows[j][k] for NT cache rows.
+  template <int NT>
+  MLA_NOINLINE static void scores_block(const float* q, const float* rows, Index stride, Index kdim,
+                                        float* st, Index lds, const char* pf, Index pf_lines) {
+    __m256 acc[NT];
+    MLA_UNROLL
+    for (int j = 0; j < NT; ++j) acc[j] = _mm256_setzero_ps();
+    for (Index k = 0; k < kdim; ++k) {
+      prefetch_line(pf, k, pf_lines);
+      const __m256 a = _mm256_load_ps(q + 8 * k);
+      MLA_UNROLL
+      for (int j = 0; j < NT; ++j) acc[j] = _mm256_fmadd_ps(a, _mm256_broadcast_ss(rows + j * stride + k), acc[j]);
+    }
+    MLA_UNROLL
+    for (int j = 0; j < NT; ++j) _mm256_store_ps(st + j * lds, acc[j]);
+  }
+
+  // The blocks also prefetch `pf_bytes` from `pf` into L1, spread over their k steps: the rows of
+  // a block are read in lockstep, which the hardware prefetchers do not follow, so the driver
+  // asks for the next operand (V of this tile, K of the next) while the FMAs run.
+  static void scores(const float* q, const float* rows, Index stride, Index kdim, Index tn,
+                     float* st, Index lds, const char* pf, Index pf_bytes) {
+    const Index blocks = (tn + kGqaPackedNr - 1) / kGqaPackedNr;
+    const Index lines = (pf_bytes + 63) / 64;
+    for (Index b = 0; b < blocks; ++b) {
+      const Index t = b * kGqaPackedNr;
+      const Index l0 = lines * b / blocks;
+      const Index nl = lines * (b + 1) / blocks - l0;
+      const float* r = rows + t * stride;
+      float* s = st + t * lds;
+      const char* f = pf + 64 * l0;
+      switch (std::min(kGqaPackedNr, tn - t)) {
+        case 12: scores_block<12>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 11: scores_block<11>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 10: scores_block<10>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 9: scores_block<9>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 8: scores_block<8>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 7: scores_block<7>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 6: scores_block<6>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 5: scores_block<5>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 4: scores_block<4>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 3: scores_block<3>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 2: scores_block<2>(q, r, stride, kdim, s, lds, f, nl); break;
+        case 1: scores_block<1>(q, r, stride, kdim, s, lds, f, nl); break;
+        default: break;
+      }
+    }
+  }
+
+  // O^T[d0 + j, 0:8] = alpha * O^T[d0 + j, 0:8] + sum_t P^T[t, 0:8] rows[t][d0 + j], j < ND.
+  template <int ND>
+  MLA_NOINLINE static void accumulate_block(const float* pt, Index lds, Index tn, const float* rows,
+                                            Index stride, float* ot, const float* alpha,
+                                            const char* pf, Index pf_lines) {
+    __m256 acc[ND];
+    MLA_UNROLL
+    for (int j = 0; j < ND; ++j) acc[j] = _mm256_setzero_ps();
+    for (Index t = 0; t < tn; ++t) {
+      prefetch_line(pf, t, pf_lines);
+      const __m256 p = _mm256_load_ps(pt + t * lds);
+      const float* r = rows + t * stride;
+      MLA_UNROLL
+      for (int j = 0; j < ND; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(r + j), acc[j]);
+    }
+    const __m256 a = _mm256_load_ps(alpha);
+    MLA_UNROLL
+    for (int j = 0; j < ND; ++j)
+      _mm256_store_ps(ot + 8 * j, _mm256_fmadd_ps(a, _mm256_load_ps(ot + 8 * j), acc[j]));
+  }
+
+  static void accumulate(const float* pt, Index lds, Index tn, const float* rows, Index stride,
+                         Index dim, float* ot, const float* alpha, const char* pf, Index pf_bytes) {
+    static_assert(kGqaPackedNr == 12, "the switch below covers block widths 1..12");
+    const Index blocks = (dim + kGqaPackedNr - 1) / kGqaPackedNr;
+    const Index lines = (pf_bytes + 63) / 64;
+    for (Index b = 0; b < blocks; ++b) {
+      const Index d = b * kGqaPackedNr;
+      const Index l0 = lines * b / blocks;
+      const Index nl = lines * (b + 1) / blocks - l0;
+      const float* r = rows + d;
+      float* o = ot + 8 * d;
+      const char* f = pf + 64 * l0;
+      switch (std::min(kGqaPackedNr, dim - d)) {
+        case 12: accumulate_block<12>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 11: accumulate_block<11>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 10: accumulate_block<10>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 9: accumulate_block<9>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 8: accumulate_block<8>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 7: accumulate_block<7>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 6: accumulate_block<6>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 5: accumulate_block<5>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 4: accumulate_block<4>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 3: accumulate_block<3>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 2: accumulate_block<2>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        case 1: accumulate_block<1>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
+        default: break;
+      }
+    }
+  }
+};
+
+/// Cache rows [split range) of one kv head in the packed form; writes the split's partial
+/// (O, max, sum) for the head's g_rows query rows. See kGqaPackedMinRows.
+template <class CacheScalar>
+void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay, const float* q,
+                     const CacheScalar* kh, const CacheScalar* vh, float qscale, Index head,
+                     Index j_begin, Index j_end, float* scratch_base, float* o, float* max_out,
+                     float* sum_out) {
+  const Index group = shape.group_size();
+  const Index g_rows = lay.g_rows;
+  const Index g8 = lay.g8;
+  const Index head_dim = shape.head_dim;
+  const Index v_dim = shape.v_dim;
+  FloatArena arena(scratch_base);
+  const GqaPackedScratch scratch(arena, g8, head_dim, v_dim, lay.wide_stride);
+  float* qp = scratch.qp;
+  float* st = scratch.st;
+  float* ot = scratch.ot;
+  float* run_max = scratch.run_max;
+  float* run_sum = scratch.run_sum;
+  float* alpha = scratch.alpha;
+  float* wide = scratch.wide;
+
+  // Panel row r of the head is token r / group, query head head * group + r % group.
+  for (Index r = 0; r < g8; ++r) {
+    float* dst = qp + (r / 8) * 8 * head_dim + r % 8;
+    if (r >= g_rows) {
+      for (Index d = 0; d < head_dim; ++d) dst[8 * d] = 0.0f;
+      continue;
+    }
+    const float* src = q + ((r / group) * shape.num_heads + head * group + r % group) * head_dim;
+    for (Index d = 0; d < head_dim; ++d) dst[8 * d] = src[d] * qscale;
+  }
+  std::fill(ot, ot + g8 * v_dim, 0.0f);
+  std::fill(run_max, run_max + g8, -std::numeric_limits<float>::infinity());
+  std::fill(run_sum, run_sum + g8, 0.0f);
+  const Index first_masked = shape.cache_len - shape.q_len + 1;
+
+  for (Index t0 = j_begin; t0 < j_end; t0 += kGqaPackedTile) {
+    const Index tn = std::min(kGqaPackedTile, j_end - t0);
+    const float* krows;
+    Index kstride;
+    if constexpr (std::is_same_v<CacheScalar, float>) {
+      krows = kh + t0 * head_dim;
+      kstride = head_dim;
+    } else {
+      widen_rows_avx2(kh + t0 * head_dim, head_dim, tn, head_dim, wide, lay.wide_stride);
+      krows = wide;
+      kstride = lay.wide_stride;
+    }
+    // While the scores run, fetch this tile's V rows; while P.V runs, the next tile's K rows.
+    // (Prefetching one tile further ahead, or into L2 only, measured no better.)
+    const char* v_next = reinterpret_cast<const char*>(vh + t0 * v_dim);
+    const Index v_bytes = tn * v_dim * Index(sizeof(CacheScalar));
+    const Index tn_next = std::min(kGqaPackedTile, j_end - t0 - tn);
+    const char* k_next = reinterpret_cast<const char*>(kh + (t0 + tn) * head_dim);
+    const Index k_bytes = std::max<Index>(0, tn_next) * head_dim * Index(sizeof(CacheScalar));
+    for (Index p = 0; p < g8; p += 8)
+      GqaPackedAvx2Ops::scores(qp + p * head_dim, krows, kstride, head_dim, tn, st + p, g8, v_next,
+                               p == 0 ? v_bytes : 0);
+    if (t0 + tn > first_masked) {
+      for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)
+        for (Index r = 0; r < g_rows; ++r)
+          if (t0 + t >= first_masked + r / group) st[t * g8 + r] = -std::numeric_limits<float>::infinity();
+    }
+    online_softmax_columns_avx2(st, g8, tn, g8, run_max, run_sum, alpha);
+    const float* vrows;
+    Index vstride;
+    if constexpr (std::is_same_v<CacheScalar, float>) {
+      vrows = vh + t0 * v_dim;
+      vstride = v_dim;
+    } else {
+      widen_rows_avx2(vh + t0 * v_dim, v_dim, tn, v_dim, wide, lay.wide_stride);
+      vrows = wide;
+      vstride = lay.wide_stride;
+    }
+    for (Index p = 0; p < g8; p += 8)
+      GqaPackedAvx2Ops::accumulate(st + p, g8, tn, vrows, vstride, v_dim, ot + p * v_dim, alpha + p,
+                                   k_next, p == 0 ? k_bytes : 0);
+  }
+  for (Index r = 0; r < g_rows; ++r) {
+    const float* src = ot + (r / 8) * 8 * v_dim + r % 8;
+    float* dst = o + r * lay.o_stride;
+    for (Index d = 0; d < v_dim; ++d) dst[d] = src[8 * d];
+    max_out[r] = run_max[r];
+    sum_out[r] = run_sum[r];
+  }
+}
 #endif
 
 /// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
@@ -420,6 +664,21 @@ void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
     const Index j_begin = cache_len * split / splits;
     const Index j_end = cache_len * (split + 1) / splits;
 
+    float* o = lay.part_o + task * g_rows * lay.o_stride;
+    float* run_max = lay.part_max + task * g_rows;
+    float* run_sum = lay.part_sum + task * g_rows;
+    const CacheScalar* kh = k + head * shape.k_head_stride;
+    const CacheScalar* vh = v + head * shape.v_head_stride;
+#if defined(__AVX2__) && defined(__FMA__)
+    if constexpr (std::is_same_v<Ops, GqaAvx2Ops>) {
+      if (g_rows >= kGqaPackedMinRows) {
+        gqa_packed_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end,
+                        lay.scratch + thread * lay.scratch_stride, o, run_max, run_sum);
+        return;
+      }
+    }
+#endif
+
     FloatArena scratch(lay.scratch + thread * lay.scratch_stride);
     float* qw = scratch.take(g_rows * lay.q_stride);
     float* p = scratch.take(g_rows * kGqaTileRows);
@@ -431,14 +690,9 @@ void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
       for (Index d = 0; d < shape.head_dim; ++d) dst[d] = src[d] * qscale;
       for (Index d = shape.head_dim; d < lay.q_stride; ++d) dst[d] = 0.0f;
     }
-    float* o = lay.part_o + task * g_rows * lay.o_stride;
-    float* run_max = lay.part_max + task * g_rows;
-    float* run_sum = lay.part_sum + task * g_rows;
     std::fill(o, o + g_rows * lay.o_stride, 0.0f);
     std::fill(run_max, run_max + g_rows, -std::numeric_limits<float>::infinity());
     std::fill(run_sum, run_sum + g_rows, 0.0f);
-    const CacheScalar* kh = k + head * shape.k_head_stride;
-    const CacheScalar* vh = v + head * shape.v_head_stride;
 
     for (Index t0 = j_begin; t0 < j_end; t0 += kGqaTileRows) {
       const Index tn = std::min(kGqaTileRows, j_end - t0);

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -222,6 +223,29 @@ TEST(Concurrency, SharedThreadPoolSerialisesKernelCalls) {
   for (int i = 0; i < kThreads; ++i) {
     ASSERT_TRUE(expected[i].allFinite());
     EXPECT_TRUE(bitwise_equal(got[i], expected[i])) << "thread " << i;
+  }
+}
+
+TEST(Concurrency, ThreadPoolRunsEveryTaskOnceWhetherWorkersSpinOrSleep) {
+  // Workers poll for a while after each job, then block (threading.hpp, kSpinMicros). Calls back
+  // to back reach polling workers; calls after a pause reach sleeping ones; task counts below,
+  // at and above the thread count leave some workers without a task. Every task must run exactly
+  // once per call, and a call must not return before all its tasks have finished.
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    std::vector<std::atomic<int>> runs(64);
+    for (int call = 0; call < 60; ++call) {
+      const Index n_tasks = 1 + (call * 7) % 40;
+      for (auto& r : runs) r.store(0);
+      pool.parallel_for(n_tasks, [&](Index task, int thread) {
+        ASSERT_GE(thread, 0);
+        ASSERT_LT(thread, threads);
+        runs[std::size_t(task)].fetch_add(1);
+      });
+      for (Index t = 0; t < Index(runs.size()); ++t)
+        ASSERT_EQ(runs[std::size_t(t)].load(), t < n_tasks ? 1 : 0) << "call " << call << " task " << t;
+      if (call % 10 == 9) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // workers block
+    }
   }
 }
 

@@ -151,7 +151,7 @@ void check_mla(const io::Checkpoint& ckpt, CaseResult& r, const Tolerances& tol)
     Workspace ws;
     Matrix<Scalar> q(T, H * (N + P)), c(T, R + P);
     layer.project_query(x, pos, q, ws);
-    layer.project_latent(x, pos, c);
+    layer.project_latent(x, pos, c, ws);
     Matrix<Scalar> q_nope(T, H * N), q_pe(T, H * P);
     for (Index h = 0; h < H; ++h) {
       q_nope.middleCols(h * N, N) = q.middleCols(h * (N + P), N);

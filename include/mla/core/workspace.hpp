@@ -6,7 +6,8 @@
 //
 // It also carries what a call needs besides memory: the scratch of the fast decode kernels
 // (which size themselves on first use and are reused afterwards) and the thread pool the
-// attention kernels may use (none by default: the calling thread does all the work).
+// attention kernels and the projections (GEMMs) may use (none by default: the calling thread
+// does all the work).
 #pragma once
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
 #include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/gemm.hpp"
 #include "mla/kernels/gqa_attention.hpp"
 
 namespace mla {
@@ -82,12 +84,12 @@ class Workspace {
 
   /// Bytes held by the arena and the kernel scratch.
   std::size_t bytes_reserved() const {
-    std::size_t total = absorbed_kernel.bytes() + gqa_kernel.bytes();
+    std::size_t total = absorbed_kernel.bytes() + gqa_kernel.bytes() + gemm_kernel.bytes();
     for (const Chunk& c : chunks_) total += c.size;
     return total;
   }
 
-  /// Threads the attention kernels may use; nullptr (default) = the calling thread only. The
+  /// Threads the attention kernels and GEMMs may use; nullptr (default) = the calling thread. The
   /// pool is borrowed, not owned, and must outlive the calls that use it.
   void set_thread_pool(ThreadPool* pool) { pool_ = pool; }
   ThreadPool* thread_pool() const { return pool_; }
@@ -95,6 +97,7 @@ class Workspace {
   /// Scratch of the fast kernels (grown on first use, then reused).
   kernels::AbsorbedAttentionWorkspace absorbed_kernel;
   kernels::GqaAttentionWorkspace gqa_kernel;
+  kernels::GemmWorkspace gemm_kernel;
 
  private:
   static constexpr std::size_t kAlign = 64;

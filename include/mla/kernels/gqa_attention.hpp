@@ -172,24 +172,6 @@ struct GqaPortableOps {
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
-/// [sum(a0), sum(a1), sum(a2), sum(a3)]: the horizontal sums of four vectors.
-inline __m128 reduce4_avx2(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-inline float hsum_avx2(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_hadd_ps(s, s);
-  s = _mm_hadd_ps(s, s);
-  return _mm_cvtss_f32(s);
-}
-inline float hmax_avx2(__m256 a) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
 /// Stores the horizontal sums of acc[0 .. N) to dst[0 .. N) (only those N floats are written).
 template <int N>
 inline void store_sums_avx2(float* dst, const __m256* acc) {

@@ -14,6 +14,7 @@
 #include "mla/cache/latent_cache.hpp"
 #include "mla/core/types.hpp"
 #include "mla/core/workspace.hpp"
+#include "mla/ops/matmul.hpp"
 #include "mla/ops/softmax.hpp"
 
 namespace mla::internal {
@@ -43,14 +44,15 @@ ConstMatrixMap<Scalar> as_scalar(const T* data, Index rows, Index cols, Workspac
 /// leak a NaN input into earlier tokens' outputs (Eigen's triangular product multiplies the
 /// zeros too).
 template <class P, class V, class Out>
-void causal_probs_times_values(const P& p, const V& v, Out& out) {
+void causal_probs_times_values(const P& p, const V& v, Out& out, Workspace& ws) {
   constexpr Index kTile = 64;
   const Index T = p.rows(), L0 = p.cols() - T;
   for (Index r0 = 0; r0 < T; r0 += kTile) {
     const Index rows = std::min(kTile, T - r0), full = L0 + r0;
     auto o = out.middleRows(r0, rows);
     if (full > 0)
-      o.noalias() = p.block(r0, 0, rows, full) * v.topRows(full);
+      matmul(p.block(r0, 0, rows, full), v.topRows(full), kernels::GemmB::kPlain, o, false,
+             ws.gemm_kernel, ws.thread_pool());
     else
       o.setZero();
     for (Index t = r0; t < r0 + rows; ++t) {
@@ -79,10 +81,10 @@ void gqa_attention_generic(const Scalar* q, Index q_stride, Index num_tokens, In
     for (Index h = g * group; h < (g + 1) * group; ++h) {
       StridedConstMap<Scalar> qh(q + h * D, num_tokens, D, Eigen::OuterStride<>(q_stride));
       StridedMap<Scalar> oh(out + h * Dv, num_tokens, Dv, Eigen::OuterStride<>(out_stride));
-      s.noalias() = qh * k.transpose();
+      matmul(qh, k, kernels::GemmB::kTransposed, s, false, ws.gemm_kernel, ws.thread_pool());
       s *= static_cast<Scalar>(scale);
       softmax_rows_masked(s, [&](Index t) { return first_visible + t; });
-      causal_probs_times_values(s, v, oh);
+      causal_probs_times_values(s, v, oh, ws);
     }
   }
 }

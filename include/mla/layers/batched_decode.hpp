@@ -104,7 +104,7 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
   MatrixMap<float> q = ws.matrix<float>(n, H * qk);
   MatrixMap<float> c = ws.matrix<float>(n, R + P);
   layer.project_query(x, positions, q, ws);
-  layer.project_latent(x, positions, c);
+  layer.project_latent(x, positions, c, ws);
 
   // Query rows in token-major, head-minor order: row t * H + h.
   using Strided = internal::StridedMap<float>;
@@ -144,7 +144,7 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
     heads.middleCols(h * V, V).noalias() =
         StridedConst(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R)) *
         layer.w_uv().middleRows(h * V, V).transpose();
-  layer.weights().o_proj.apply(heads, out);
+  layer.weights().o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
 }
 
 }  // namespace mla

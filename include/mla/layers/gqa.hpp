@@ -79,9 +79,17 @@ class GroupedQueryAttention {
   void project_qkv(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
                    Eigen::MatrixBase<Q>& q, Eigen::MatrixBase<K>& k,
                    Eigen::MatrixBase<V>& v) const {
-    w_.q_proj.apply(x, q);
-    w_.k_proj.apply(x, k);
-    w_.v_proj.apply(x, v);
+    Workspace ws;
+    project_qkv(x, positions, q, k, v, ws);
+  }
+  /// As above, with the GEMM scratch and thread pool of `ws`.
+  template <class Q, class K, class V>
+  void project_qkv(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
+                   Eigen::MatrixBase<Q>& q, Eigen::MatrixBase<K>& k, Eigen::MatrixBase<V>& v,
+                   Workspace& ws) const {
+    w_.q_proj.apply(x, q, ws.gemm_kernel, ws.thread_pool());
+    w_.k_proj.apply(x, k, ws.gemm_kernel, ws.thread_pool());
+    w_.v_proj.apply(x, v, ws.gemm_kernel, ws.thread_pool());
     const Index D = cfg_.head_dim;
     for (Index t = 0; t < x.rows(); ++t) {
       rope_->rotate_strided(&q(t, 0), cfg_.num_attention_heads, D, positions[t]);
@@ -109,10 +117,10 @@ class GroupedQueryAttention {
     MatrixMap<Scalar> k = ws.matrix<Scalar>(n, KV * D);
     MatrixMap<Scalar> v = ws.matrix<Scalar>(n, KV * D);
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * D);
-    project_qkv(x, positions, q, k, v);
+    project_qkv(x, positions, q, k, v, ws);
     cache.append(k.data(), KV * D, v.data(), KV * D, n);
     internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws);
-    w_.o_proj.apply(heads, out);
+    w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
   }
 
   /// Convenience overload that allocates its result and scratch.

@@ -42,6 +42,7 @@
 #include "mla/core/workspace.hpp"
 #include "mla/layers/attention_core.hpp"
 #include "mla/ops/linear.hpp"
+#include "mla/ops/matmul.hpp"
 #include "mla/ops/rmsnorm.hpp"
 #include "mla/ops/rope.hpp"
 
@@ -144,11 +145,11 @@ class MultiHeadLatentAttention {
                      Eigen::MatrixBase<Q>& q, Workspace& ws) const {
     if (cfg_.has_q_lora()) {
       MatrixMap<Scalar> qa = ws.matrix<Scalar>(x.rows(), cfg_.q_lora_rank);
-      w_.q_a_proj.apply(x, qa);
+      w_.q_a_proj.apply(x, qa, ws.gemm_kernel, ws.thread_pool());
       rmsnorm_inplace(qa, w_.q_a_layernorm, cfg_.latent_norm_eps);
-      w_.q_b_proj.apply(qa, q);
+      w_.q_b_proj.apply(qa, q, ws.gemm_kernel, ws.thread_pool());
     } else {
-      w_.q_proj.apply(x, q);
+      w_.q_proj.apply(x, q, ws.gemm_kernel, ws.thread_pool());
     }
     const Index qk = cfg_.qk_head_dim();
     for (Index t = 0; t < x.rows(); ++t)
@@ -159,8 +160,8 @@ class MultiHeadLatentAttention {
   /// Latent projection: c [T, R+P] = [RMSNorm(c_kv) | RoPE(k_pe)], exactly the cache rows.
   template <class C>
   void project_latent(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
-                      Eigen::MatrixBase<C>& c) const {
-    w_.kv_a_proj_with_mqa.apply(x, c);
+                      Eigen::MatrixBase<C>& c, Workspace& ws) const {
+    w_.kv_a_proj_with_mqa.apply(x, c, ws.gemm_kernel, ws.thread_pool());
     const Index R = cfg_.kv_lora_rank;
     rmsnorm_inplace(c.leftCols(R), w_.kv_a_layernorm, cfg_.latent_norm_eps);
     for (Index t = 0; t < x.rows(); ++t) rope_->rotate(&c(t, R), positions[t]);
@@ -187,7 +188,7 @@ class MultiHeadLatentAttention {
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(x.rows(), cfg_.num_attention_heads *
                                                               cfg_.v_head_dim);
     attend(x, positions, cache, heads, ws, path);
-    w_.o_proj.apply(heads, out);
+    w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
   }
 
   /// Naive path with a decompressed per-head cache: appends k = [W_UK c_kv | k_pe] and
@@ -211,10 +212,11 @@ class MultiHeadLatentAttention {
     MatrixMap<Scalar> q = ws.matrix<Scalar>(n, H * (N + P));
     MatrixMap<Scalar> c = ws.matrix<Scalar>(n, R + P);
     project_query(x, positions, q, ws);
-    project_latent(x, positions, c);
+    project_latent(x, positions, c, ws);
     // Decompress the new tokens once: kv [T, H*(N+V)], then lay out k [T, H, N+P], v [T, H, V].
     MatrixMap<Scalar> kv = ws.matrix<Scalar>(n, H * (N + V));
-    kv.noalias() = c.leftCols(R) * w_.kv_b_proj.weight.transpose();
+    internal::matmul(c.leftCols(R), w_.kv_b_proj.weight, kernels::GemmB::kTransposed, kv, false,
+                     ws.gemm_kernel, ws.thread_pool());
     MatrixMap<Scalar> k = ws.matrix<Scalar>(n, H * (N + P));
     MatrixMap<Scalar> v = ws.matrix<Scalar>(n, H * V);
     for (Index h = 0; h < H; ++h) {
@@ -225,7 +227,7 @@ class MultiHeadLatentAttention {
     cache.append(k.data(), H * (N + P), v.data(), H * V, n);
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * V);
     internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws);
-    w_.o_proj.apply(heads, out);
+    w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
   }
 
   /// Convenience overloads that allocate their result and scratch.
@@ -264,7 +266,7 @@ class MultiHeadLatentAttention {
     MatrixMap<Scalar> q = ws.matrix<Scalar>(n, H * (N + P));
     MatrixMap<Scalar> c = ws.matrix<Scalar>(n, R + P);
     project_query(x, positions, q, ws);
-    project_latent(x, positions, c);
+    project_latent(x, positions, c, ws);
     cache.append(c.data(), R + P, n);
     if (path == MlaPath::kAuto) path = choose_path(n, cache.size());
     if (path == MlaPath::kAbsorbed)
@@ -291,14 +293,16 @@ class MultiHeadLatentAttention {
     for (Index h = 0; h < H; ++h) {
       StridedConstMap q_nope(q.data() + h * qk, n, N, Eigen::OuterStride<>(H * qk));
       StridedMap ql(q_lat + h * R, n, R, Eigen::OuterStride<>(H * R));
-      ql.noalias() = q_nope * w_uk_.middleRows(h * N, N);  // [T, N] x [N, R]
+      internal::matmul(q_nope, w_uk_.middleRows(h * N, N), kernels::GemmB::kPlain, ql, false,
+                       ws.gemm_kernel, ws.thread_pool());  // [T, N] x [N, R]
       StridedMap(q_pe + h * P, n, P, Eigen::OuterStride<>(H * P)) =
           StridedConstMap(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
     }
     internal::absorbed_attention(q_lat, q_pe, n, H, cache, cfg_.softmax_scale(), o_lat, ws);
     for (Index h = 0; h < H; ++h) {
       StridedConstMap ol(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R));
-      heads.middleCols(h * V, V).noalias() = ol * w_uv_.middleRows(h * V, V).transpose();
+      internal::matmul(ol, w_uv_.middleRows(h * V, V), kernels::GemmB::kTransposed,
+                       heads.middleCols(h * V, V), false, ws.gemm_kernel, ws.thread_pool());
     }
   }
 
@@ -313,7 +317,8 @@ class MultiHeadLatentAttention {
     const Index qk = N + P;
     const auto c = internal::as_scalar<Scalar>(cache.data(), L, R + P, ws);
     MatrixMap<Scalar> kv = ws.matrix<Scalar>(L, H * (N + V));
-    kv.noalias() = c.leftCols(R) * w_.kv_b_proj.weight.transpose();
+    internal::matmul(c.leftCols(R), w_.kv_b_proj.weight, kernels::GemmB::kTransposed, kv, false,
+                     ws.gemm_kernel, ws.thread_pool());
     MatrixMap<Scalar> s = ws.matrix<Scalar>(n, L);
     const Index first_visible = L - n + 1;
     const Scalar scale = static_cast<Scalar>(cfg_.softmax_scale());
@@ -322,12 +327,14 @@ class MultiHeadLatentAttention {
       StridedConstMap q_pe(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
       const auto k_nope = kv.middleCols(h * (N + V), N);
       const auto v = kv.middleCols(h * (N + V) + N, V);
-      s.noalias() = q_nope * k_nope.transpose();
-      s.noalias() += q_pe * c.rightCols(P).transpose();
+      internal::matmul(q_nope, k_nope, kernels::GemmB::kTransposed, s, false, ws.gemm_kernel,
+                       ws.thread_pool());
+      internal::matmul(q_pe, c.rightCols(P), kernels::GemmB::kTransposed, s, true, ws.gemm_kernel,
+                       ws.thread_pool());
       s *= scale;
       softmax_rows_masked(s, [&](Index t) { return first_visible + t; });
       auto out_h = heads.middleCols(h * V, V);
-      internal::causal_probs_times_values(s, v, out_h);
+      internal::causal_probs_times_values(s, v, out_h, ws);
     }
   }
 

@@ -1,11 +1,15 @@
 // Linear projection y = x W^T + b with PyTorch nn.Linear weight layout W [out_features,
-// in_features], so safetensors weights are used as stored. Eigen evaluates the product: a GEMM for
-// prefill, a matrix-vector product for a single decode token (row-major W makes that a
-// contiguous dot product per output, streaming W once).
+// in_features], so safetensors weights are used as stored. With a GEMM workspace (what the layers
+// pass) float products run mla::kernels::gemm: a packed GEMM for prefill, and for 1-3 tokens a
+// row-streaming product that reads W once (split across the pool's threads by output rows).
+// Without one, or for double, Eigen evaluates the product.
 #pragma once
 
 #include "mla/core/check.hpp"
+#include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
+#include "mla/kernels/gemm.hpp"
+#include "mla/ops/matmul.hpp"
 
 namespace mla {
 
@@ -38,6 +42,16 @@ struct Linear {
   template <class In, class Out>
   void apply(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>&& y) const {
     apply(x, y);
+  }
+
+  /// As apply(x, y), through mla::kernels::gemm for float (scratch in `gemm_ws`, threads from
+  /// `pool`, which may be null).
+  template <class In, class Out>
+  void apply(const Eigen::MatrixBase<In>& x, const Eigen::MatrixBase<Out>& y,
+             kernels::GemmWorkspace& gemm_ws, ThreadPool* pool) const {
+    MLA_DCHECK(x.cols() == weight.cols() && y.rows() == x.rows() && y.cols() == weight.rows());
+    internal::matmul(x, weight, kernels::GemmB::kTransposed, y, false, gemm_ws, pool);
+    if (has_bias()) const_cast<Eigen::MatrixBase<Out>&>(y).rowwise() += bias.transpose();
   }
 };
 

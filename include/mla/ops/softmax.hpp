@@ -5,15 +5,75 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "mla/core/types.hpp"
+#include "mla/kernels/decode_common.hpp"
 
 namespace mla {
+namespace internal {
+
+#if defined(__AVX2__) && defined(__FMA__)
+/// Float rows on AVX2: the same steps 8 lanes at a time, exp through exp2_avx2 (relative error
+/// < 6e-9 besides rounding (x - max) * log2 e to float, as std::exp rounds its float argument),
+/// the normaliser still summed in double. The naive prefill spent ~8% of its time in std::exp.
+inline void softmax_inplace_avx2(float* x, Index n) {
+  const Index n8 = n & ~Index(7);
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 unordered = _mm256_setzero_ps();
+  for (Index i = 0; i < n8; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    vmax = _mm256_max_ps(vmax, v);
+  }
+  float m = hmax_avx2(vmax);
+  bool has_nan = _mm256_movemask_ps(unordered) != 0;
+  for (Index i = n8; i < n; ++i) {
+    if (std::isnan(x[i])) has_nan = true;
+    if (x[i] > m) m = x[i];
+  }
+  if (has_nan) {
+    for (Index i = 0; i < n; ++i) x[i] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  if (m == -std::numeric_limits<float>::infinity()) {
+    for (Index i = 0; i < n; ++i) x[i] = 0.0f;
+    return;
+  }
+  const __m256 vm = _mm256_set1_ps(m);
+  const __m256 log2e = _mm256_set1_ps(kLog2e);
+  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
+  for (Index i = 0; i < n8; i += 8) {
+    const __m256 e = exp2_avx2(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), log2e));
+    _mm256_storeu_ps(x + i, e);
+    sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double parts[4];
+  _mm256_store_pd(parts, _mm256_add_pd(sum_lo, sum_hi));
+  double sum = (parts[0] + parts[1]) + (parts[2] + parts[3]);
+  for (Index i = n8; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    sum += static_cast<double>(x[i]);
+  }
+  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+  for (Index i = 0; i < n8; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+  for (Index i = n8; i < n; ++i) x[i] *= static_cast<float>(1.0 / sum);
+}
+#endif
+
+}  // namespace internal
 
 /// In place: x[i] <- exp(x[i] - max) / sum_j exp(x[j] - max) over the first n entries.
 template <class Scalar>
 void softmax_inplace(Scalar* x, Index n) {
   if (n <= 0) return;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    internal::softmax_inplace_avx2(x, n);
+    return;
+  }
+#endif
   Scalar m = -std::numeric_limits<Scalar>::infinity();
   bool has_nan = false;
   for (Index i = 0; i < n; ++i) {

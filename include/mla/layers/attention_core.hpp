@@ -62,6 +62,22 @@ void causal_probs_times_values(const P& p, const V& v, Out& out, Workspace& ws) 
   }
 }
 
+/// S [T, L] = Q [T, D] K [L, D]^T where the causal mask lets it matter: row t (the last T of L
+/// rows are the new tokens) sees columns [0, L - T + t]. Rows go in tiles of 256 and a tile
+/// computes only the columns its last row sees, which halves the work of a prefill (T = L); the
+/// columns left unwritten are exactly those softmax_rows_masked zeroes.
+template <class Q, class K, class S>
+void causal_scores(const Q& q, const K& k, S& s, Workspace& ws) {
+  constexpr Index kTile = 256;
+  const Index T = q.rows(), L = k.rows();
+  for (Index r0 = 0; r0 < T; r0 += kTile) {
+    const Index rows = std::min(kTile, T - r0);
+    const Index cols = L - T + r0 + rows;
+    matmul(q.middleRows(r0, rows), k.topRows(cols), kernels::GemmB::kTransposed,
+           s.block(r0, 0, rows, cols), false, ws.gemm_kernel, ws.thread_pool());
+  }
+}
+
 /// Multi-head attention of T new tokens over a KvCache (which already holds them).
 ///   q    [T, H, D]   (token rows `q_stride` apart), RoPE applied
 ///   out  [T, H, Dv]  (token rows `out_stride` apart)
@@ -81,8 +97,8 @@ void gqa_attention_generic(const Scalar* q, Index q_stride, Index num_tokens, In
     for (Index h = g * group; h < (g + 1) * group; ++h) {
       StridedConstMap<Scalar> qh(q + h * D, num_tokens, D, Eigen::OuterStride<>(q_stride));
       StridedMap<Scalar> oh(out + h * Dv, num_tokens, Dv, Eigen::OuterStride<>(out_stride));
-      matmul(qh, k, kernels::GemmB::kTransposed, s, false, ws.gemm_kernel, ws.thread_pool());
-      s *= static_cast<Scalar>(scale);
+      causal_scores(qh, k, s, ws);
+      for (Index t = 0; t < num_tokens; ++t) s.row(t).head(first_visible + t) *= static_cast<Scalar>(scale);
       softmax_rows_masked(s, [&](Index t) { return first_visible + t; });
       causal_probs_times_values(s, v, oh, ws);
     }

@@ -322,16 +322,16 @@ class MultiHeadLatentAttention {
     MatrixMap<Scalar> s = ws.matrix<Scalar>(n, L);
     const Index first_visible = L - n + 1;
     const Scalar scale = static_cast<Scalar>(cfg_.softmax_scale());
+    // One head's keys [L, N+P] = scale * [k_nope_h | k_pe], so that S = q_h K_h^T is a single
+    // product over N+P with the scale folded in: S (T x L, 16 MiB per head at T = L = 2048) is
+    // written once instead of being re-read for a second product and for the scaling.
+    MatrixMap<Scalar> k_h = ws.matrix<Scalar>(L, qk);
+    k_h.rightCols(P) = scale * c.rightCols(P);  // k_pe is shared by all heads
     for (Index h = 0; h < H; ++h) {
-      StridedConstMap q_nope(q.data() + h * qk, n, N, Eigen::OuterStride<>(H * qk));
-      StridedConstMap q_pe(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
-      const auto k_nope = kv.middleCols(h * (N + V), N);
+      StridedConstMap q_h(q.data() + h * qk, n, qk, Eigen::OuterStride<>(H * qk));
+      k_h.leftCols(N) = scale * kv.middleCols(h * (N + V), N);
       const auto v = kv.middleCols(h * (N + V) + N, V);
-      internal::matmul(q_nope, k_nope, kernels::GemmB::kTransposed, s, false, ws.gemm_kernel,
-                       ws.thread_pool());
-      internal::matmul(q_pe, c.rightCols(P), kernels::GemmB::kTransposed, s, true, ws.gemm_kernel,
-                       ws.thread_pool());
-      s *= scale;
+      internal::causal_scores(q_h, k_h, s, ws);
       softmax_rows_masked(s, [&](Index t) { return first_visible + t; });
       auto out_h = heads.middleCols(h * V, V);
       internal::causal_probs_times_values(s, v, out_h, ws);

@@ -39,6 +39,8 @@ class GroupedQueryAttention {
   struct Options {
     /// RoPE table length; 0 means config.max_position_embeddings.
     std::int64_t max_positions = 0;
+    /// kBf16 (float layers only): keep q/k/v/o_proj as bfloat16 (half the bytes per decode step).
+    WeightFormat projection_weights = WeightFormat::kAsLoaded;
   };
 
   /// Validates `config` and every weight shape against it (std::invalid_argument naming the
@@ -61,6 +63,8 @@ class GroupedQueryAttention {
     rope_ = std::make_shared<const RotaryEmbedding<Scalar>>(
         cfg_.rope, D, options.max_positions > 0 ? options.max_positions
                                                 : cfg_.max_position_embeddings);
+    apply_weight_format<Scalar>(options.projection_weights,
+                                {&w_.q_proj, &w_.k_proj, &w_.v_proj, &w_.o_proj});
   }
 
   const AttentionConfig& config() const { return cfg_; }

@@ -32,7 +32,7 @@ template <class Scalar>
 struct Linear {
   Matrix<Scalar> weight;  ///< [out_features, in_features]; empty once stored as bf16
   Vector<Scalar> bias;    ///< [out_features] or empty for no bias
-  Matrix<bfloat16> weight_bf16;  ///< [out_features, in_features] after store_as_bf16(), else empty
+  Matrix<bfloat16> weight_bf16 = {};  ///< [out_features, in_features] after store_as_bf16(), else empty
 
   bool stored_as_bf16() const { return weight_bf16.size() != 0; }
   Index in_features() const { return stored_as_bf16() ? weight_bf16.cols() : weight.cols(); }

@@ -32,10 +32,13 @@
 // What each core step runs: mha/gqa/mla_naive_cached mla::kernels::gqa_attention; mla_absorbed
 // mla::kernels::absorbed_attention; mla_naive_recompute per head K/V = C W_UK/UV^T (Eigen GEMMs,
 // heads split over the pool), scores, softmax and P V: the FLOPs of the layer's naive path.
-// The layer part runs 1 thread (the layer API takes no thread pool).
+// The layer part runs the whole layer (projections through kernels::gemm, threaded by the
+// Workspace's pool); layer_bf16w the same with Options::projection_weights = kBf16 (the bytes
+// count 2 per projection weight).
 //
 // Modes: --quick (default) core, f32, L 1k and 4k, 1 and 2 threads, all designs: under a minute
-// on 2 cores (about two with --benchmark_repetitions=3). --full: core and layer, f32 and bf16, L 1k/4k/16k/32k, threads 1 and 2 (core), prefill
+// on 2 cores (about two with --benchmark_repetitions=3). --full: core, layer and layer_bf16w, f32
+// and bf16 caches, L 1k/4k/16k/32k, threads 1 and 2; prefill
 // T 512 and 2048. By default mla_naive_recompute is skipped above L = 4k (~137 GFLOP per step at
 // 4k, 1.1 TFLOP at 32k) and mla_naive_cached above 16k (its f32 cache is 2.7 GB per layer at 16k);
 // --no-skip runs them. Google Benchmark flags pass through (--benchmark_filter,
@@ -76,7 +79,7 @@ namespace {
 using mla::Index;
 
 enum class Design { kMha, kGqa, kMlaAbsorbed, kMlaNaiveRecompute, kMlaNaiveCached };
-enum class Part { kCore, kLayer, kPrefill };
+enum class Part { kCore, kLayer, kLayerBf16Weights, kPrefill };
 enum class CacheType { kF32, kBf16 };
 
 const char* name_of(Design d) {
@@ -93,6 +96,7 @@ const char* name_of(Part p) {
   switch (p) {
     case Part::kCore: return "core";
     case Part::kLayer: return "layer";
+    case Part::kLayerBf16Weights: return "layer_bf16w";
     case Part::kPrefill: return "prefill";
   }
   return "?";
@@ -195,7 +199,9 @@ void mla_projection_cost(double& flops, double& params) {
   flops = 2.0 * params;
 }
 
-StepCost layer_cost(Design d, Index L, std::size_t eb) {
+/// `wb`: bytes per projection weight (4 float, 2 with Options::projection_weights = kBf16; the
+/// MLA up-projections kv_b / W_UK / W_UV stay float).
+StepCost layer_cost(Design d, Index L, std::size_t eb, double wb) {
   StepCost s = core_cost(d, L, eb);
   if (d == Design::kMha || d == Design::kGqa) {
     const auto c = d == Design::kMha ? mha_config() : gqa_config();
@@ -204,7 +210,7 @@ StepCost layer_cost(Design d, Index L, std::size_t eb) {
             double(c.head_dim) +
         double(c.num_attention_heads * c.head_dim) * double(c.hidden_size);
     s.flops += 2.0 * params;
-    s.weight_bytes = 4.0 * params;
+    s.weight_bytes = wb * params;
     return s;
   }
   const auto& c = v3();
@@ -216,7 +222,7 @@ StepCost layer_cost(Design d, Index L, std::size_t eb) {
   const double up = H * (N + V) * R;  // W_UK + W_UV (absorbed) or kv_b_proj (naive)
   if (d == Design::kMlaAbsorbed) s.flops += 2.0 * up;  // fold W_UK into q, W_UV after
   if (d == Design::kMlaNaiveCached) s.flops += 2.0 * up;  // decompress the new token
-  s.weight_bytes = 4.0 * (params + up);
+  s.weight_bytes = wb * params + 4.0 * up;
   return s;
 }
 
@@ -244,7 +250,8 @@ StepCost cost_of(const Case& c) {
   const std::size_t eb = element_bytes(c.type);
   switch (c.part) {
     case Part::kCore: return core_cost(c.design, c.length, eb);
-    case Part::kLayer: return layer_cost(c.design, c.length, eb);
+    case Part::kLayer: return layer_cost(c.design, c.length, eb, 4.0);
+    case Part::kLayerBf16Weights: return layer_cost(c.design, c.length, eb, 2.0);
     case Part::kPrefill: return prefill_cost(c.design, c.length);
   }
   return {};
@@ -461,30 +468,38 @@ struct Layers {
   std::unique_ptr<mla::MultiHeadLatentAttention<float>> mla_layer;
   std::unique_ptr<mla::GroupedQueryAttention<float>> gqa_layer;
   Design gqa_kind = Design::kMha;
+  mla::WeightFormat mla_format = mla::WeightFormat::kAsLoaded;
+  mla::WeightFormat gqa_format = mla::WeightFormat::kAsLoaded;
 };
 Layers g_layers;
 
-const mla::MultiHeadLatentAttention<float>& mla_layer() {
-  if (!g_layers.mla_layer) {
+const mla::MultiHeadLatentAttention<float>& mla_layer(
+    mla::WeightFormat format = mla::WeightFormat::kAsLoaded) {
+  if (!g_layers.mla_layer || g_layers.mla_format != format) {
     g_layers.gqa_layer.reset();
+    g_layers.mla_layer.reset();
     typename mla::MultiHeadLatentAttention<float>::Options opt;
     opt.max_positions = g_max_positions;
+    opt.projection_weights = format;
     g_layers.mla_layer = std::make_unique<mla::MultiHeadLatentAttention<float>>(
         v3(), mla_bench::random_mla_weights<float>(v3(), 41), opt);
+    g_layers.mla_format = format;
   }
   return *g_layers.mla_layer;
 }
 
-const mla::GroupedQueryAttention<float>& gqa_layer(Design d) {
-  if (!g_layers.gqa_layer || g_layers.gqa_kind != d) {
+const mla::GroupedQueryAttention<float>& gqa_layer(Design d, mla::WeightFormat format) {
+  if (!g_layers.gqa_layer || g_layers.gqa_kind != d || g_layers.gqa_format != format) {
     g_layers.mla_layer.reset();
     g_layers.gqa_layer.reset();
     const mla::AttentionConfig c = d == Design::kMha ? mha_config() : gqa_config();
     typename mla::GroupedQueryAttention<float>::Options opt;
     opt.max_positions = g_max_positions;
+    opt.projection_weights = format;
     g_layers.gqa_layer = std::make_unique<mla::GroupedQueryAttention<float>>(
         c, mla_bench::random_gqa_weights<float>(c, 51), opt);
     g_layers.gqa_kind = d;
+    g_layers.gqa_format = format;
   }
   return *g_layers.gqa_layer;
 }
@@ -492,7 +507,8 @@ const mla::GroupedQueryAttention<float>& gqa_layer(Design d) {
 // Layer decode over a latent cache (absorbed / naive recompute) or a decompressed KvCache.
 template <class T>
 struct MlaLayerFixture : Fixture {
-  MlaLayerFixture(Design d, Index L) : layer(mla_layer()), design(d), len(L) {
+  MlaLayerFixture(Design d, Index L, mla::WeightFormat format)
+      : layer(mla_layer(format)), design(d), len(L) {
     const auto& c = v3();
     if (d == Design::kMlaNaiveCached) {
       kv = layer.make_decompressed_cache<T>(L + 1);
@@ -513,7 +529,8 @@ struct MlaLayerFixture : Fixture {
     pos.resize(1);
     pos[0] = L;
   }
-  void step(int) override {
+  void step(int threads) override {
+    ws.set_thread_pool(threads > 1 ? &pool(threads) : nullptr);
     if (design == Design::kMlaNaiveCached) {
       layer.forward(x, pos, kv, out, ws);
       kv.truncate(len);
@@ -537,7 +554,8 @@ struct MlaLayerFixture : Fixture {
 
 template <class T>
 struct GqaLayerFixture : Fixture {
-  GqaLayerFixture(Design d, Index L) : layer(gqa_layer(d)), len(L) {
+  GqaLayerFixture(Design d, Index L, mla::WeightFormat format)
+      : layer(gqa_layer(d, format)), len(L) {
     const auto& c = layer.config();
     cache = layer.make_cache<T>(L + 1);
     const Index kd = c.num_key_value_heads * c.head_dim;
@@ -549,7 +567,8 @@ struct GqaLayerFixture : Fixture {
     pos.resize(1);
     pos[0] = L;
   }
-  void step(int) override {
+  void step(int threads) override {
+    ws.set_thread_pool(threads > 1 ? &pool(threads) : nullptr);
     layer.forward(x, pos, cache, out, ws);
     cache.truncate(len);
     benchmark::DoNotOptimize(out.data());
@@ -593,9 +612,13 @@ std::unique_ptr<Fixture> make_fixture_t(const Case& c) {
         return std::make_unique<LatentCoreFixture<T>>(c.design, c.length);
       return std::make_unique<KvCoreFixture<T>>(c.design, c.length);
     case Part::kLayer:
+    case Part::kLayerBf16Weights: {
+      const mla::WeightFormat f =
+          c.part == Part::kLayer ? mla::WeightFormat::kAsLoaded : mla::WeightFormat::kBf16;
       if (c.design == Design::kMha || c.design == Design::kGqa)
-        return std::make_unique<GqaLayerFixture<T>>(c.design, c.length);
-      return std::make_unique<MlaLayerFixture<T>>(c.design, c.length);
+        return std::make_unique<GqaLayerFixture<T>>(c.design, c.length, f);
+      return std::make_unique<MlaLayerFixture<T>>(c.design, c.length, f);
+    }
     case Part::kPrefill: return std::make_unique<PrefillFixture>(c.design, c.length);
   }
   return nullptr;
@@ -733,13 +756,15 @@ struct Options {
 void usage() {
   std::cout <<
       "usage: decode_bench [--quick | --full] [--contexts=1024,4096,...] [--threads=1,2]\n"
-      "                    [--types=f32,bf16] [--parts=core,layer,prefill] [--no-skip]\n"
+      "                    [--types=f32,bf16] [--parts=core,layer,layer_bf16w,prefill]\n"
+      "                    [--no-skip]\n"
       "                    [Google Benchmark flags, e.g. --benchmark_repetitions=3\n"
       "                     --benchmark_out=decode.json --benchmark_out_format=json\n"
       "                     --benchmark_filter=mla_absorbed]\n"
       "  --quick     (default) core part, f32 cache, L = 1k and 4k, 1 and 2 threads\n"
-      "  --full      core and layer, f32 and bf16, L = 1k/4k/16k/32k, 1 and 2 threads (core;\n"
-      "              the layer runs 1 thread), prefill T = 512 and 2048 (MLA, both paths)\n"
+      "  --full      core, layer and layer_bf16w (bf16 projection weights), f32 and bf16\n"
+      "              caches, L = 1k/4k/16k/32k, 1 and 2 threads; prefill T = 512 and 2048\n"
+      "              (MLA, both paths, 1 thread)\n"
       "  --contexts  decode context lengths (e.g. add 65536 where memory allows)\n"
       "  --no-skip   also run mla_naive_recompute above L = 4096 and mla_naive_cached above\n"
       "              L = 16384 (skipped by default: minutes per step / GBs of cache)\n"
@@ -793,15 +818,17 @@ void register_all(const Options& o) {
           for (Design d : {Design::kMha, Design::kGqa, mla_order[0], mla_order[1], mla_order[2]})
             for (int th : o.threads)
               if (o.no_skip || !skipped_by_default(d, L)) add({d, part, t, L, th});
-    } else if (part == Part::kLayer) {
-      // Grouped by layer so each layer's weights are built once; 1 thread (no pool in the API).
+    } else if (part == Part::kLayer || part == Part::kLayerBf16Weights) {
+      // Grouped by layer so each layer's weights are built once; the Workspace carries the pool.
       for (Design d : {Design::kMha, Design::kGqa})
         for (CacheType t : o.types)
-          for (Index L : o.contexts) add({d, part, t, L, 1});
+          for (Index L : o.contexts)
+            for (int th : o.threads) add({d, part, t, L, th});
       for (CacheType t : o.types)
         for (Index L : o.contexts)
           for (Design d : mla_order)
-            if (o.no_skip || !skipped_by_default(d, L)) add({d, part, t, L, 1});
+            for (int th : o.threads)
+              if (o.no_skip || !skipped_by_default(d, L)) add({d, part, t, L, th});
     } else {
       for (Index T : o.prefill_lengths)
         for (Design d : {Design::kMlaNaiveRecompute, Design::kMlaAbsorbed})
@@ -864,6 +891,7 @@ int main(int argc, char** argv) {
       parts_set = ok = parse_list<Part>(v4, o.parts, [](const std::string& s, Part& x) {
         if (s == "core") x = Part::kCore;
         else if (s == "layer") x = Part::kLayer;
+        else if (s == "layer_bf16w") x = Part::kLayerBf16Weights;
         else if (s == "prefill") x = Part::kPrefill;
         else return false;
         return true;
@@ -889,7 +917,7 @@ int main(int argc, char** argv) {
     o.types = o.full ? std::vector<CacheType>{CacheType::kF32, CacheType::kBf16}
                      : std::vector<CacheType>{CacheType::kF32};
   if (!parts_set)
-    o.parts = o.full ? std::vector<Part>{Part::kCore, Part::kLayer, Part::kPrefill}
+    o.parts = o.full ? std::vector<Part>{Part::kCore, Part::kLayer, Part::kLayerBf16Weights, Part::kPrefill}
                      : std::vector<Part>{Part::kCore};
   o.prefill_lengths = {512, 2048};
   Index longest = *std::max_element(o.contexts.begin(), o.contexts.end());

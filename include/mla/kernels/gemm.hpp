@@ -222,7 +222,13 @@ void gemm_small_m(Index M, Index n0, Index n1, Index K, const float* a, Index ld
       for (Index k = 0; k < K; ++k) {
         const float am = a[m * lda + k];
         const TB* bk = b + k * ldb;
-        for (Index n = n0; n < n1; ++n) cm[n] += am * to_float(bk[n]);
+        Index n = n0;
+#if defined(__AVX2__) && defined(__FMA__)
+        const __m256 va = _mm256_set1_ps(am);
+        for (; n + 8 <= n1; n += 8)
+          _mm256_storeu_ps(cm + n, _mm256_fmadd_ps(va, load8_widen(bk + n), _mm256_loadu_ps(cm + n)));
+#endif
+        for (; n < n1; ++n) cm[n] += am * to_float(bk[n]);
       }
     }
   }

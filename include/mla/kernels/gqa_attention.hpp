@@ -30,6 +30,7 @@
 #include <cstddef>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
@@ -429,6 +430,19 @@ inline void prefetch_line(const char* p, Index i, Index n) {
   if (n > 0) _mm_prefetch(p + 64 * std::min(i, n - 1), _MM_HINT_T0);
 }
 
+/// Calls f(std::integral_constant<int, n>) for a runtime n in [1, N]: picks the instantiation of
+/// a micro-kernel whose width is a template parameter.
+template <int N, class F>
+void dispatch_width(Index n, F&& f) {
+  if constexpr (N >= 1) {
+    if (n == N) {
+      f(std::integral_constant<int, N>{});
+      return;
+    }
+    dispatch_width<N - 1>(n, std::forward<F>(f));
+  }
+}
+
 /// AVX2 + FMA tile operations of the packed form (see kGqaPackedMinRows). Operands: a query panel
 /// q [k][8], P^T / S^T rows of 8 floats `lds` apart, cache rows `stride` apart (float; bf16 tiles
 /// are widened first), O^T [d][8].
@@ -464,21 +478,9 @@ struct GqaPackedAvx2Ops {
       const float* r = rows + t * stride;
       float* s = st + t * lds;
       const char* f = pf + 64 * l0;
-      switch (std::min(kGqaPackedNr, tn - t)) {
-        case 12: scores_block<12>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 11: scores_block<11>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 10: scores_block<10>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 9: scores_block<9>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 8: scores_block<8>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 7: scores_block<7>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 6: scores_block<6>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 5: scores_block<5>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 4: scores_block<4>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 3: scores_block<3>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 2: scores_block<2>(q, r, stride, kdim, s, lds, f, nl); break;
-        case 1: scores_block<1>(q, r, stride, kdim, s, lds, f, nl); break;
-        default: break;
-      }
+      dispatch_width<kGqaPackedNr>(std::min(kGqaPackedNr, tn - t), [&](auto nt) {
+        scores_block<decltype(nt)::value>(q, r, stride, kdim, s, lds, f, nl);
+      });
     }
   }
 
@@ -505,7 +507,6 @@ struct GqaPackedAvx2Ops {
 
   static void accumulate(const float* pt, Index lds, Index tn, const float* rows, Index stride,
                          Index dim, float* ot, const float* alpha, const char* pf, Index pf_bytes) {
-    static_assert(kGqaPackedNr == 12, "the switch below covers block widths 1..12");
     const Index blocks = (dim + kGqaPackedNr - 1) / kGqaPackedNr;
     const Index lines = (pf_bytes + 63) / 64;
     for (Index b = 0; b < blocks; ++b) {
@@ -515,21 +516,9 @@ struct GqaPackedAvx2Ops {
       const float* r = rows + d;
       float* o = ot + 8 * d;
       const char* f = pf + 64 * l0;
-      switch (std::min(kGqaPackedNr, dim - d)) {
-        case 12: accumulate_block<12>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 11: accumulate_block<11>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 10: accumulate_block<10>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 9: accumulate_block<9>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 8: accumulate_block<8>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 7: accumulate_block<7>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 6: accumulate_block<6>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 5: accumulate_block<5>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 4: accumulate_block<4>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 3: accumulate_block<3>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 2: accumulate_block<2>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        case 1: accumulate_block<1>(pt, lds, tn, r, stride, o, alpha, f, nl); break;
-        default: break;
-      }
+      dispatch_width<kGqaPackedNr>(std::min(kGqaPackedNr, dim - d), [&](auto nd) {
+        accumulate_block<decltype(nd)::value>(pt, lds, tn, r, stride, o, alpha, f, nl);
+      });
     }
   }
 };

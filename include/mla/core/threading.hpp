@@ -7,7 +7,9 @@
 // `thread` is in [0, num_threads()) and is the index of the thread running the task (the calling
 // thread is thread 0), so kernels can give each thread its own scratch buffer. Tasks are handed out
 // dynamically; kernels must therefore make results depend only on `task`, never on `thread`.
-// A call allocates nothing: the job is passed as a pointer to the caller's callable.
+// A call allocates nothing: the job is passed as a pointer to the caller's callable. Workers and
+// the caller poll for up to kSpinMicros after a job before blocking on a condition variable, so
+// back-to-back calls (a decode step makes several) do not pay a thread wake-up each.
 #pragma once
 
 #include <atomic>

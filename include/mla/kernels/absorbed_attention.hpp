@@ -383,17 +383,9 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
 
     for (Index t0 = j_begin; t0 < j_end; t0 += kMlaTileRows) {
       const Index tn = std::min(kMlaTileRows, j_end - t0);
-      const float* rows;
       Index stride;
-      if constexpr (std::is_same_v<CacheScalar, float>) {
-        rows = cache + t0 * shape.row_stride;
-        stride = shape.row_stride;
-      } else {
-        // No bf16 dot instructions here: widen the tile once, then run the float micro-kernels.
-        stride = round_up(k_dim, 8);
-        Ops::widen(cache + t0 * shape.row_stride, shape.row_stride, tn, k_dim, wide, stride);
-        rows = wide;
-      }
+      const float* rows = rows_as_float<Ops>(cache + t0 * shape.row_stride, shape.row_stride, tn,
+                                             k_dim, wide, round_up(k_dim, 8), stride);
       Ops::scores(qp, mc16 / kMlaPanel, k_dim, rows, stride, tn, st, mc16);
       if (t0 + tn > first_masked) {
         for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -331,6 +332,23 @@ void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, flo
   }
 }
 #endif
+
+/// Rows [0, tn) of a cache tile (`cols` values used per row, rows `stride` apart) as float rows for
+/// the micro-kernels: read in place for a float cache; widened by `Ops::widen` into `wide` (rows
+/// `wide_stride` apart) for bf16, as there are no bf16 dot instructions on AVX2. Returns the rows
+/// and sets `row_stride` to their stride.
+template <class Ops, class T>
+const float* rows_as_float(const T* rows, Index stride, Index tn, Index cols, float* wide,
+                           Index wide_stride, Index& row_stride) {
+  if constexpr (std::is_same_v<T, float>) {
+    row_stride = stride;
+    return rows;
+  } else {
+    Ops::widen(rows, stride, tn, cols, wide, wide_stride);
+    row_stride = wide_stride;
+    return wide;
+  }
+}
 
 /// Log-sum-exp merge of split-KV partial results for one output row. Split s holds an
 /// unnormalised accumulator o[s] (row `ld` floats apart), its running max `mx[s]` (base-2 scores)

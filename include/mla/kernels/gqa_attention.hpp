@@ -447,6 +447,12 @@ void dispatch_width(Index n, F&& f) {
 /// q [k][8], P^T / S^T rows of 8 floats `lds` apart, cache rows `stride` apart (float; bf16 tiles
 /// are widened first), O^T [d][8].
 struct GqaPackedAvx2Ops {
+  template <class T>
+  static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
+                    Index dst_stride) {
+    widen_rows_avx2(src, src_stride, rows, cols, dst, dst_stride);
+  }
+
   // S^T[j, 0:8] = sum_k q[k, 0:8] rows[j][k] for NT cache rows.
   template <int NT>
   MLA_NOINLINE static void scores_block(const float* q, const float* rows, Index stride, Index kdim,
@@ -562,16 +568,9 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
 
   for (Index t0 = j_begin; t0 < j_end; t0 += kGqaPackedTile) {
     const Index tn = std::min(kGqaPackedTile, j_end - t0);
-    const float* krows;
     Index kstride;
-    if constexpr (std::is_same_v<CacheScalar, float>) {
-      krows = kh + t0 * head_dim;
-      kstride = head_dim;
-    } else {
-      widen_rows_avx2(kh + t0 * head_dim, head_dim, tn, head_dim, wide, lay.wide_stride);
-      krows = wide;
-      kstride = lay.wide_stride;
-    }
+    const float* krows = rows_as_float<GqaPackedAvx2Ops>(kh + t0 * head_dim, head_dim, tn, head_dim,
+                                                         wide, lay.wide_stride, kstride);
     // While the scores run, fetch this tile's V rows; while P.V runs, the next tile's K rows.
     // (Prefetching one tile further ahead, or into L2 only, measured no better.)
     const char* v_next = reinterpret_cast<const char*>(vh + t0 * v_dim);
@@ -588,16 +587,9 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
           if (t0 + t >= first_masked + r / group) st[t * g8 + r] = -std::numeric_limits<float>::infinity();
     }
     online_softmax_columns_avx2(st, g8, tn, g8, run_max, run_sum, alpha);
-    const float* vrows;
     Index vstride;
-    if constexpr (std::is_same_v<CacheScalar, float>) {
-      vrows = vh + t0 * v_dim;
-      vstride = v_dim;
-    } else {
-      widen_rows_avx2(vh + t0 * v_dim, v_dim, tn, v_dim, wide, lay.wide_stride);
-      vrows = wide;
-      vstride = lay.wide_stride;
-    }
+    const float* vrows = rows_as_float<GqaPackedAvx2Ops>(vh + t0 * v_dim, v_dim, tn, v_dim, wide,
+                                                         lay.wide_stride, vstride);
     for (Index p = 0; p < g8; p += 8)
       GqaPackedAvx2Ops::accumulate(st + p, g8, tn, vrows, vstride, v_dim, ot + p * v_dim, alpha + p,
                                    k_next, p == 0 ? k_bytes : 0);

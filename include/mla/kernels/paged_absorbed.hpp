@@ -137,13 +137,9 @@ struct DecodeScratch {
 template <class Ops, class T>
 const float* tile_rows(const typename LatentRowCodec<T>::Unit* src, Index src_stride, Index tn,
                        Index kv_lora, Index rope, float* wide, Index& stride) {
-  if constexpr (std::is_same_v<T, float>) {
-    stride = src_stride;
-    return src;
-  } else if constexpr (std::is_same_v<T, bfloat16>) {
-    stride = round_up(kv_lora + rope, 8);
-    Ops::widen(src, src_stride, tn, kv_lora + rope, wide, stride);
-    return wide;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bfloat16>) {
+    return rows_as_float<Ops>(src, src_stride, tn, kv_lora + rope, wide, round_up(kv_lora + rope, 8),
+                              stride);
   } else {
     stride = round_up(kv_lora + rope, 8);
     const Fp8LatentLayout layout{kv_lora, rope};

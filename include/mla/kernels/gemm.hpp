@@ -101,8 +101,9 @@ inline void gemm_tile_portable(Index kc, const float* ap, const float* bp, float
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-/// AVX2 micro-kernel: the full 6 x 16 tile, written to C (ldc) directly when `full`, else to
-/// `tile` [6][16]; adds to C when `accumulate`.
+/// AVX2 micro-kernel: the 6 x 16 tile sum_k ap[k][0..6] x bp[k][0..16], stored to c (rows ldc
+/// apart; gemm_block passes C itself for a whole tile, a [6][16] scratch tile at the edges), or
+/// added to what c holds when `accumulate`.
 MLA_NOINLINE inline void gemm_tile_avx2(Index kc, const float* ap, const float* bp, float* c,
                                         Index ldc, bool accumulate) {
   // The C tile is read (or written) after the k loop; C is large and its rows are far apart, so
@@ -193,7 +194,9 @@ void gemm_block(Index m0, Index mc_total, Index n0, Index nc_total, Index K, con
 /// output sums its K products in index order, like the packed path within one K block.
 template <class TB>
 void gemm_small_m(Index M, Index n0, Index n1, Index K, const float* a, Index lda, const TB* b,
-                  Index ldb, kernels::GemmB layout, float* c, Index ldc, bool accumulate) {
+                  Index ldb, kernels::GemmB layout, float* c, Index ldc, bool accumulate,
+                  bool simd) {
+  (void)simd;
   if (layout == kernels::GemmB::kTransposed) {
     for (Index n = n0; n < n1; ++n) {
       const TB* bn = b + n * ldb;
@@ -202,12 +205,14 @@ void gemm_small_m(Index M, Index n0, Index n1, Index K, const float* a, Index ld
         float acc = 0.0f;
         Index k = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-        __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
-        for (; k + 16 <= K; k += 16) {
-          v0 = _mm256_fmadd_ps(_mm256_loadu_ps(am + k), load8_widen(bn + k), v0);
-          v1 = _mm256_fmadd_ps(_mm256_loadu_ps(am + k + 8), load8_widen(bn + k + 8), v1);
+        if (simd) {
+          __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
+          for (; k + 16 <= K; k += 16) {
+            v0 = _mm256_fmadd_ps(_mm256_loadu_ps(am + k), load8_widen(bn + k), v0);
+            v1 = _mm256_fmadd_ps(_mm256_loadu_ps(am + k + 8), load8_widen(bn + k + 8), v1);
+          }
+          acc = hsum_avx2(_mm256_add_ps(v0, v1));
         }
-        acc = hsum_avx2(_mm256_add_ps(v0, v1));
 #endif
         for (; k < K; ++k) acc += am[k] * to_float(bn[k]);
         float& out = c[m * ldc + n];
@@ -225,7 +230,7 @@ void gemm_small_m(Index M, Index n0, Index n1, Index K, const float* a, Index ld
         Index n = n0;
 #if defined(__AVX2__) && defined(__FMA__)
         const __m256 va = _mm256_set1_ps(am);
-        for (; n + 8 <= n1; n += 8)
+        for (; simd && n + 8 <= n1; n += 8)
           _mm256_storeu_ps(cm + n, _mm256_fmadd_ps(va, load8_widen(bk + n), _mm256_loadu_ps(cm + n)));
 #endif
         for (; n < n1; ++n) cm[n] += am * to_float(bk[n]);
@@ -274,17 +279,17 @@ void gemm(Index M, Index N, Index K, const float* a, Index lda, const TB* b, Ind
     return;
   }
   const int threads = num_threads(pool);
+  const bool simd = path == KernelPath::kAuto;
   if (M < internal::kGemmSmallM) {
     // Stream B once; threads take column ranges of 64.
     const Index tasks = std::max<Index>(1, std::min<Index>(Index(threads) * 4, N / 64));
     parallel_for(pool, tasks, [&](Index task, int) {
       internal::gemm_small_m(M, N * task / tasks, N * (task + 1) / tasks, K, a, lda, b, ldb, layout,
-                             c, ldc, accumulate);
+                             c, ldc, accumulate, simd);
     });
     return;
   }
   ws.reserve(threads);
-  const bool simd = path == KernelPath::kAuto;
   // Column ranges (multiples of 16) when there are enough columns for every thread, else row
   // ranges (multiples of 6).
   const Index col_panels = (N + internal::kGemmNr - 1) / internal::kGemmNr;

@@ -56,9 +56,10 @@ inline void softmax_inplace_avx2(float* x, Index n) {
     x[i] = std::exp(x[i] - m);
     sum += static_cast<double>(x[i]);
   }
-  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
-  for (Index i = 0; i < n8; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
-  for (Index i = n8; i < n; ++i) x[i] *= static_cast<float>(1.0 / sum);
+  const float inv = static_cast<float>(1.0 / sum);
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (Index i = 0; i < n8; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+  for (Index i = n8; i < n; ++i) x[i] *= inv;
 }
 #endif
 

@@ -129,7 +129,9 @@ TEST(GqaAttention, MatchesReferenceSweep) {
   // group * q_len >= 6 query rows per kv head run the packed form, fewer the row-streaming form;
   // 7 and 12 rows leave partly filled 8-row panels.
   const Heads hs[] = {{1, 1}, {4, 4}, {6, 2}, {8, 2}, {3, 1}, {9, 3}, {7, 1}, {16, 2}};
-  const Index lens[] = {1, 2, 7, 63, 64, 65, 300, 1000};
+  // Tiles of the row form are 96 cache rows for a float cache and 48 for bf16: one full tile,
+  // one row either side of 96, and lengths that end in a partial tile.
+  const Index lens[] = {1, 2, 7, 48, 95, 96, 97, 300, 1000};
   const std::pair<Index, Index> dims[] = {{20, 20}, {13, 29}, {64, 64}, {128, 128}};
   unsigned seed = 1;
   for (auto [head_dim, v_dim] : dims)

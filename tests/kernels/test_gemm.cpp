@@ -1,6 +1,6 @@
 // kernels::gemm against reference::gemm (double sums): both B layouts, float and bf16 B, edge
 // tiles (M, N not multiples of 6 and 16, K across several 256-deep blocks), the few-row streaming
-// path, padded strides, accumulate, 1-3 threads (bitwise equal to 1 thread), the portable path,
+// path (one row of B at a time, and four for long rows), padded strides, accumulate, 1-3 threads (bitwise equal to 1 thread), the portable path,
 // and bad arguments.
 #include <gtest/gtest.h>
 
@@ -71,7 +71,11 @@ void check(const Case& cs, GemmB layout, bool accumulate, unsigned seed) {
 TEST(Gemm, MatchesReference) {
   const Case cases[] = {{1, 1, 1},    {1, 37, 300},  {3, 50, 20},   {4, 16, 8},   {6, 16, 256},
                         {7, 17, 257}, {13, 33, 513}, {72, 48, 100}, {80, 100, 64}, {150, 40, 300},
-                        {5, 2100, 9}, {20, 1030, 30}};
+                        {5, 2100, 9}, {20, 1030, 30},
+                        // few rows of A with B rows of >= 8 KiB: read four rows of B at a time
+                        // (f32 and bf16 at K = 4100; f32 only at 2050), N not a multiple of 4
+                        // and thread ranges that cut the groups of four
+                        {1, 301, 4100}, {3, 131, 2050}};
   unsigned seed = 1;
   for (const Case& cs : cases)
     for (GemmB layout : {GemmB::kTransposed, GemmB::kPlain})

@@ -934,6 +934,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 3; ++i) {
     const mla_bench::MachinePeaks p = mla_bench::measure_machine_peaks();
     g_peaks.simd_fma = p.simd_fma;
+    g_peaks.fma_isa = p.fma_isa;
     g_peaks.fma_gflops_1t = std::max(g_peaks.fma_gflops_1t, p.fma_gflops_1t);
     g_peaks.fma_gflops_2t = std::max(g_peaks.fma_gflops_2t, p.fma_gflops_2t);
     g_peaks.read_gbps_1t = std::max(g_peaks.read_gbps_1t, p.read_gbps_1t);
@@ -953,7 +954,8 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("peak_bf16_dot_gflops_1t", g_peaks.bf16_dot_gflops_1t > 0
                                                              ? num(g_peaks.bf16_dot_gflops_1t)
                                                              : std::string("absent"));
-  benchmark::AddCustomContext("kernels", mla::kernels::kHaveAvx2Fma ? "avx2+fma" : "portable");
+  benchmark::AddCustomContext("kernels", mla::kernels::path_name(mla::kernels::widest_compiled_path()));
+  benchmark::AddCustomContext("peak_fma_isa", g_peaks.fma_isa);
   benchmark::AddCustomContext("mode", o.full ? "full" : "quick");
   {
     // Other work on the machine lowers both the peaks and the results: record it.

@@ -68,9 +68,9 @@ double absorbed_flops(Index m, Index len) {
   return 2.0 * double(m) * double(len) * double(kKvLora + kRope + kKvLora);
 }
 
-// Args: cache_len, threads. Registered in register_benchmarks().
+// Args: cache_len, threads. Registered in register_benchmarks(), once per compiled SIMD path.
 template <class T>
-void BM_AbsorbedAttention(benchmark::State& state) {
+void BM_AbsorbedAttention(benchmark::State& state, mla::kernels::KernelPath path) {
   const Index len = state.range(0);
   const int threads = int(state.range(1));
   mla::kernels::AbsorbedAttentionShape shape;
@@ -89,7 +89,7 @@ void BM_AbsorbedAttention(benchmark::State& state) {
   const float scale = 1.0f / std::sqrt(192.0f);
   for (auto _ : state) {
     mla::kernels::absorbed_attention(shape, q_lat.data(), q_pe.data(), cache.data(), scale,
-                                     out.data(), lse.data(), ws, &pool);
+                                     out.data(), lse.data(), ws, &pool, path);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -190,16 +190,27 @@ benchmark::internal::Benchmark* register_kernel(const std::string& name, F fn, i
 }
 
 void register_benchmarks() {
-  for (int threads : {1, 2}) {
-    for (long len : {4096L, 16384L}) {
-      register_kernel("BM_AbsorbedAttention<float>", BM_AbsorbedAttention<float>, threads)
-          ->ArgNames({"L", "threads"})->Args({len, threads})->Unit(benchmark::kMillisecond);
-      register_kernel("BM_AbsorbedAttention<bf16>", BM_AbsorbedAttention<mla::bfloat16>, threads)
-          ->ArgNames({"L", "threads"})->Args({len, threads})->Unit(benchmark::kMillisecond);
+  // The widest compiled path under the plain name; narrower SIMD paths under "<T,path>" so one
+  // run compares them (on an AVX-512 build: the AVX2 kernels on the same machine).
+  using mla::kernels::KernelPath;
+  std::vector<std::pair<std::string, KernelPath>> paths{{"", KernelPath::kAuto}};
+  if (mla::kernels::kHaveAvx512) paths.emplace_back(",avx2", KernelPath::kAvx2);
+  for (const auto& [suffix, path] : paths) {
+    const KernelPath p = path;
+    for (int threads : {1, 2}) {
+      for (long len : {4096L, 16384L}) {
+        register_kernel("BM_AbsorbedAttention<float" + suffix + ">",
+                        [p](benchmark::State& st) { BM_AbsorbedAttention<float>(st, p); }, threads)
+            ->ArgNames({"L", "threads"})->Args({len, threads})->Unit(benchmark::kMillisecond);
+        register_kernel("BM_AbsorbedAttention<bf16" + suffix + ">",
+                        [p](benchmark::State& st) { BM_AbsorbedAttention<mla::bfloat16>(st, p); }, threads)
+            ->ArgNames({"L", "threads"})->Args({len, threads})->Unit(benchmark::kMillisecond);
+      }
     }
   }
   // Short cache: compare with BM_AbsorbedAttentionReference (same shape).
-  register_kernel("BM_AbsorbedAttention<float>", BM_AbsorbedAttention<float>, 1)
+  register_kernel("BM_AbsorbedAttention<float>",
+                  [](benchmark::State& st) { BM_AbsorbedAttention<float>(st, mla::kernels::KernelPath::kAuto); }, 1)
       ->ArgNames({"L", "threads"})->Args({256, 1})->Unit(benchmark::kMillisecond);
   // MHA (32 kv heads) and GQA (8 kv heads, group 4), head_dim 128, one new token.
   for (int threads : {1, 2})
@@ -225,6 +236,8 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   register_benchmarks();
   g_peaks = mla_bench::measure_machine_peaks();
+  benchmark::AddCustomContext("peak_fma_isa", g_peaks.fma_isa);
+  benchmark::AddCustomContext("kernels", mla::kernels::path_name(mla::kernels::widest_compiled_path()));
   benchmark::AddCustomContext("peak_fma_gflops_1t", std::to_string(g_peaks.fma_gflops_1t));
   benchmark::AddCustomContext("peak_fma_gflops_2t", std::to_string(g_peaks.fma_gflops_2t));
   benchmark::AddCustomContext("peak_read_gbps_1t", std::to_string(g_peaks.read_gbps_1t));

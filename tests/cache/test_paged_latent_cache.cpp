@@ -249,7 +249,7 @@ void check_paged(const Case& c, float scale, ThreadPool* pool2, unsigned seed) {
         std::vector<Index>{c.q_len, c.heads, c.kv_lora, c.rope, c.len, c.block, in_order});
     ThreadPool* pools[] = {nullptr, pool2};
     kernels::BatchedAbsorbedWorkspace ws;
-    for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable})
+    for (KernelPath path : mla::kernels::compiled_paths())
       for (ThreadPool* pool : pools) {
         std::vector<float> out(ref.size(), NAN), lse(std::size_t(m), NAN);
         kernels::paged_absorbed_attention(c.q_len, c.heads, f.q_lat.data(), f.q_pe.data(),
@@ -257,7 +257,7 @@ void check_paged(const Case& c, float scale, ThreadPool* pool2, unsigned seed) {
                                           path);
         ASSERT_LE(rel_err(out, ref), 1e-5f)
             << "q_len, heads, R, P, L, block, in_order = " << what
-            << " threads " << num_threads(pool) << " portable " << (path == KernelPath::kPortable);
+            << " threads " << num_threads(pool) << " path " << mla::kernels::path_name(path);
         for (Index i = 0; i < m; ++i)
           ASSERT_NEAR(lse[std::size_t(i)], ref_lse[std::size_t(i)],
                       1e-5f * std::max(1.0f, std::abs(ref_lse[std::size_t(i)])))

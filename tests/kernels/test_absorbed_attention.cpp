@@ -95,7 +95,7 @@ void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol
                                      scale, ref.data(), ref_lse.data());
   mla::ThreadPool pool1(1);
   AbsorbedAttentionWorkspace ws;
-  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+  for (KernelPath path : mla::kernels::compiled_paths()) {
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, pool2}) {
       std::vector<float> out(ref.size(), NAN), lse(std::size_t(m), NAN);
       mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), cache_of<T>(in),
@@ -103,8 +103,8 @@ void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol
       const std::string what = ::testing::PrintToString(
           std::vector<Index>{in.shape.q_len, in.shape.num_heads, in.shape.kv_lora, in.shape.rope,
                              in.shape.cache_len, in.shape.row_stride, mla::num_threads(pool),
-                             path == KernelPath::kPortable});
-      ASSERT_LE(rel_err(out, ref), tol) << "q_len, heads, kv_lora, rope, L, stride, threads, portable = " << what;
+                             Index(path)});
+      ASSERT_LE(rel_err(out, ref), tol) << "q_len, heads, kv_lora, rope, L, stride, threads, path = " << what;
       for (Index i = 0; i < m; ++i)
         ASSERT_NEAR(lse[std::size_t(i)], ref_lse[std::size_t(i)], 1e-5f * std::max(1.0f, std::abs(ref_lse[std::size_t(i)])))
             << "lse row " << i << " of " << what;
@@ -118,9 +118,13 @@ struct QShape {
 
 TEST(AbsorbedAttention, MatchesReferenceSmallDims) {
   mla::ThreadPool pool2(2);
-  const QShape qs[] = {{1, 1}, {1, 3}, {3, 1}, {1, 128}, {2, 64}, {4, 32}, {2, 128}};
+  // M = 1..256 rows: with the AVX-512 blocks (groups of up to 4 16-row panels, 6-row output
+  // blocks) M = 5, 21, 40, 80 leave every panel-group and row-block remainder; kv_lora = 100
+  // ends in a partial 64-column strip whose last vector is empty.
+  const QShape qs[] = {{1, 1}, {1, 3}, {3, 1}, {1, 5}, {3, 7}, {1, 40}, {1, 80},
+                       {1, 128}, {2, 64}, {4, 32}, {2, 128}};
   const Index lens[] = {1, 2, 7, 63, 64, 65, 300, 1000};
-  const std::pair<Index, Index> dims[] = {{20, 6}, {64, 16}};
+  const std::pair<Index, Index> dims[] = {{20, 6}, {64, 16}, {100, 12}};
   unsigned seed = 1;
   for (auto [kv_lora, rope] : dims)
     for (const QShape& q : qs)
@@ -167,7 +171,7 @@ TEST(AbsorbedAttention, IdenticalScoresGiveTheMeanRow) {
   std::fill(in.q_lat.begin(), in.q_lat.end(), 0.0f);
   std::fill(in.q_pe.begin(), in.q_pe.end(), 0.0f);
   mla::ThreadPool pool2(2);
-  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable})
+  for (KernelPath path : mla::kernels::compiled_paths())
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
       AbsorbedAttentionWorkspace ws;
       std::vector<float> out(std::size_t(q_len * heads * kv_lora)), lse(std::size_t(q_len * heads));
@@ -216,7 +220,7 @@ TEST(AbsorbedAttention, NoAllocationWithReservedWorkspace) {
   const std::size_t bytes = ws.bytes();
   std::vector<float> out(std::size_t(128 * 512)), lse(128);
   for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
-    for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+    for (KernelPath path : mla::kernels::compiled_paths()) {
       g_allocs = 0;
       g_count_allocs = true;
       mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(),
@@ -270,6 +274,23 @@ TEST(AbsorbedAttention, RejectsBadShapes) {
                                                 static_cast<const float*>(nullptr), 1.0f, out.data(),
                                                 nullptr, ws),
                std::invalid_argument);
+}
+
+TEST(AbsorbedAttention, RefusesAPathThatIsNotCompiledIn) {
+  const Inputs in = make_inputs(1, 2, 20, 6, 10, 0, 3);
+  AbsorbedAttentionWorkspace ws;
+  std::vector<float> out(40);
+  for (KernelPath path : {KernelPath::kAvx2, KernelPath::kAvx512}) {
+    const bool compiled = static_cast<int>(path) <= static_cast<int>(mla::kernels::widest_compiled_path());
+    auto call = [&] {
+      mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(),
+                                       1.0f, out.data(), nullptr, ws, nullptr, path);
+    };
+    if (compiled)
+      EXPECT_NO_THROW(call()) << mla::kernels::path_name(path);
+    else
+      EXPECT_THROW(call(), std::invalid_argument) << mla::kernels::path_name(path);
+  }
 }
 
 TEST(ThreadPool, RunsEveryTaskOnceOnValidThreads) {

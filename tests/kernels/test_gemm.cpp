@@ -48,7 +48,7 @@ void check(const Case& cs, GemmB layout, bool accumulate, unsigned seed) {
   std::vector<float> first;
   ThreadPool pool2(2), pool3(3);
   kernels::GemmWorkspace ws;
-  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable})
+  for (KernelPath path : mla::kernels::compiled_paths())
     for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
       std::vector<float> got = c0;
       kernels::gemm(cs.M, cs.N, cs.K, a.data(), lda, b.data(), ldb, layout, got.data(), ldc,
@@ -57,7 +57,7 @@ void check(const Case& cs, GemmB layout, bool accumulate, unsigned seed) {
         for (Index n = 0; n < cs.N; ++n)
           ASSERT_NEAR(got[std::size_t(m * ldc + n)], want[std::size_t(m * ldc + n)], tol)
               << "M=" << cs.M << " N=" << cs.N << " K=" << cs.K << " m=" << m << " n=" << n
-              << " threads=" << num_threads(pool) << " portable=" << (path == KernelPath::kPortable);
+              << " threads=" << num_threads(pool) << " path=" << mla::kernels::path_name(path);
         for (Index n = cs.N; n < ldc; ++n)  // the padding of C is never written
           ASSERT_EQ(got[std::size_t(m * ldc + n)], c0[std::size_t(m * ldc + n)]);
       }

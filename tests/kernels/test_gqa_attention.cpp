@@ -103,16 +103,16 @@ void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol
                                 ref_lse.data());
   mla::ThreadPool pool1(1);
   GqaAttentionWorkspace ws;
-  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+  for (KernelPath path : mla::kernels::compiled_paths()) {
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, pool2}) {
       std::vector<float> out(ref.size(), NAN), lse(rows, NAN);
       mla::kernels::gqa_attention(s, in.q.data(), Cache<T>::k(in), Cache<T>::v(in), scale, out.data(),
                                   lse.data(), ws, pool, path);
       const std::string what = ::testing::PrintToString(std::vector<Index>{
           s.q_len, s.num_heads, s.num_kv_heads, s.head_dim, s.v_dim, s.cache_len,
-          s.k_head_stride, mla::num_threads(pool), path == KernelPath::kPortable});
+          s.k_head_stride, mla::num_threads(pool), Index(path)});
       ASSERT_LE(rel_err(out, ref), tol)
-          << "q_len, heads, kv_heads, head_dim, v_dim, L, k_head_stride, threads, portable = " << what;
+          << "q_len, heads, kv_heads, head_dim, v_dim, L, k_head_stride, threads, path = " << what;
       for (std::size_t i = 0; i < rows; ++i)
         ASSERT_NEAR(lse[i], ref_lse[i], 1e-5f * std::max(1.0f, std::abs(ref_lse[i]))) << "lse " << i << " " << what;
     }
@@ -161,7 +161,7 @@ TEST(GqaAttention, IdenticalScoresGiveTheMeanRow) {
   Inputs in = make_inputs(q_len, heads, kv_heads, dim, dim, len, 0, 9);
   std::fill(in.q.begin(), in.q.end(), 0.0f);
   mla::ThreadPool pool2(2);
-  for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable})
+  for (KernelPath path : mla::kernels::compiled_paths())
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
       GqaAttentionWorkspace ws;
       std::vector<float> out(std::size_t(q_len * heads * dim)), lse(std::size_t(q_len * heads));
@@ -190,7 +190,7 @@ TEST(GqaAttention, NoAllocationWithReservedWorkspace) {
   const std::size_t bytes = ws.bytes();
   std::vector<float> out(std::size_t(2 * 6 * 128)), lse(12);
   for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2})
-    for (KernelPath path : {KernelPath::kAuto, KernelPath::kPortable}) {
+    for (KernelPath path : mla::kernels::compiled_paths()) {
       g_allocs = 0;
       g_count_allocs = true;
       mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_f.data(), in.v_f.data(), 0.1f,

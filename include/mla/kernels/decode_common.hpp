@@ -16,6 +16,7 @@
 #include <limits>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -53,10 +54,14 @@
 namespace mla {
 namespace kernels {
 
-/// Which implementation a fast kernel runs. kAuto takes the SIMD path the build targets (AVX2+FMA)
-/// and falls back to portable C++ when it is not compiled in; kPortable forces the portable path
-/// (tests use it so the fallback is exercised on machines that have AVX2).
-enum class KernelPath { kAuto, kPortable };
+/// Which implementation a fast kernel runs, named by the widest instruction set it may use
+/// (kPortable < kAvx2 < kAvx512). kAuto takes the widest one compiled into the including
+/// translation unit: as with Eigen, the including project's -march decides (AVX-512F for kAvx512,
+/// AVX2+FMA for kAvx2). A kernel without an implementation at the requested level runs its next
+/// lower one (the GEMM and GQA kernels stop at AVX2). Tests loop over compiled_paths() so every
+/// compiled level, the portable fallback included, is exercised on a machine that has them all.
+/// Asking for a level that is not compiled in throws std::invalid_argument.
+enum class KernelPath { kAuto, kPortable, kAvx2, kAvx512 };
 
 /// True when this translation unit was compiled with the AVX2+FMA kernels.
 #if defined(__AVX2__) && defined(__FMA__)
@@ -64,6 +69,43 @@ inline constexpr bool kHaveAvx2Fma = true;
 #else
 inline constexpr bool kHaveAvx2Fma = false;
 #endif
+
+/// True when it was also compiled with the AVX-512 ones (AVX-512F; needs AVX2+FMA too).
+#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+inline constexpr bool kHaveAvx512 = true;
+#else
+inline constexpr bool kHaveAvx512 = false;
+#endif
+
+/// The widest path compiled in.
+constexpr KernelPath widest_compiled_path() {
+  return kHaveAvx512 ? KernelPath::kAvx512 : kHaveAvx2Fma ? KernelPath::kAvx2 : KernelPath::kPortable;
+}
+
+/// Its name, for benchmark reports: "avx512", "avx2+fma" or "portable".
+constexpr const char* path_name(KernelPath p) {
+  return p == KernelPath::kAvx512 ? "avx512"
+         : p == KernelPath::kAvx2 ? "avx2+fma"
+         : p == KernelPath::kPortable ? "portable"
+                                      : "auto";
+}
+
+/// The concrete level `requested` stands for (kAuto -> the widest compiled in).
+inline KernelPath resolve_path(KernelPath requested) {
+  if (requested == KernelPath::kAuto) return widest_compiled_path();
+  MLA_CHECK_ARG(static_cast<int>(requested) <= static_cast<int>(widest_compiled_path()),
+                "kernel path ", path_name(requested), " is not compiled in (widest: ",
+                path_name(widest_compiled_path()), "); build with the matching -march");
+  return requested;
+}
+
+/// Every concrete path compiled in, portable first.
+inline std::vector<KernelPath> compiled_paths() {
+  std::vector<KernelPath> paths{KernelPath::kPortable};
+  if (kHaveAvx2Fma) paths.push_back(KernelPath::kAvx2);
+  if (kHaveAvx512) paths.push_back(KernelPath::kAvx512);
+  return paths;
+}
 
 /// Shapes of one absorbed-MLA decode call (DeepSeek-V2/V3 with W_UK / W_UV absorbed into the query
 /// and output, so attention runs in the latent space). The cache holds rows

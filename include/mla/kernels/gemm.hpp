@@ -336,7 +336,7 @@ void gemm(Index M, Index N, Index K, const float* a, Index lda, const TB* b, Ind
     return;
   }
   const int threads = num_threads(pool);
-  const bool simd = path == KernelPath::kAuto;
+  const bool simd = resolve_path(path) != KernelPath::kPortable;
   if (M < internal::kGemmSmallM) {
     // Stream B once; threads take column ranges of 64.
     const Index tasks = std::max<Index>(1, std::min<Index>(Index(threads) * 4, N / 64));

@@ -756,14 +756,15 @@ void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheSc
   MLA_CHECK_ARG(q != nullptr && k != nullptr && v != nullptr && out != nullptr,
                 "gqa attention: q, k, v and out must not be null");
   ws.reserve(shape, num_threads(pool));
+  const KernelPath resolved = resolve_path(path);
 #if defined(__AVX2__) && defined(__FMA__)
-  if (path == KernelPath::kAuto) {
+  if (resolved != KernelPath::kPortable) {
     internal::gqa_attention_run<internal::GqaAvx2Ops>(shape, q, k, v, softmax_scale, out, lse,
                                                       ws.data(), pool);
     return;
   }
 #endif
-  (void)path;
+  (void)resolved;
   internal::gqa_attention_run<internal::GqaPortableOps>(shape, q, k, v, softmax_scale, out, lse,
                                                         ws.data(), pool);
 }

@@ -376,16 +376,9 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
   for (Index i = 0; i < Index(plan.units.size()); ++i)
     if (plan.units[std::size_t(i)].num_pieces > 1) plan.split_units.push_back(i);
 
-#if defined(__AVX2__) && defined(__FMA__)
-  if (path == KernelPath::kAuto) {
-    internal::batched_absorbed_run<internal::MlaAvx2Ops>(num_heads, seqs, batch, softmax_scale,
-                                                          plan, pool);
-    return;
-  }
-#endif
-  (void)path;
-  internal::batched_absorbed_run<internal::MlaPortableOps>(num_heads, seqs, batch, softmax_scale,
-                                                            plan, pool);
+  internal::with_mla_ops(path, [&](auto ops) {
+    internal::batched_absorbed_run<decltype(ops)>(num_heads, seqs, batch, softmax_scale, plan, pool);
+  });
 }
 
 /// Absorbed MLA decode of one sequence through its block table (a batch of one): q_len new

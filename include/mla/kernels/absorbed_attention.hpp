@@ -15,6 +15,15 @@
 //
 // Memory layout (fixed, written by the cache code): row-major [capacity, kv_lora + rope] of float
 // or bfloat16; the kernel reads rows 0 .. cache_len - 1 at `row_stride` elements apart.
+//
+// Three implementations of the tile operations (kernels::KernelPath): portable C++, AVX2+FMA
+// (8-wide, 16 registers) and AVX-512 (16-wide, 32 registers), picked at compile time by the
+// including project's -march. A bf16 cache is widened to float tile by tile (exact) and runs the
+// float GEMMs. AVX512-BF16's vdpbf16ps would skip the widening but round the query and P to bf16,
+// and on Sapphire Rapids it issues at half the rate of a 512-bit FMA: the machine probe measured
+// 83-88 GFLOP/s for it against 165-177 for fp32 FMA on one core, so a kernel built on it could
+// reach at most half the speed of the widening one there. (AMX tiles are the bf16 engine of that
+// core; an AMX kernel is future work.)
 #pragma once
 
 #include <algorithm>
@@ -30,9 +39,10 @@
 namespace mla {
 namespace internal {
 
-// Tile and block sizes, chosen for this class of core (Zen 3/4: 32 KiB L1d, 512 KiB-1 MiB L2,
-// two 256-bit FMA pipes with 4-cycle latency, so >= 8 independent accumulators are needed) and
-// checked by sweeping them in benchmarks/kernel_bench.cpp's shapes:
+// Tile and block sizes of the AVX2 operations, chosen for this class of core (Zen 3/4: 32 KiB L1d,
+// 512 KiB-1 MiB L2, two 256-bit FMA pipes with 4-cycle latency, so >= 8 independent accumulators
+// are needed) and checked by sweeping them in benchmarks/kernel_bench.cpp's shapes (the AVX-512
+// operations' blocks are described at MlaAvx512Ops):
 // - Micro-kernels are 16 x 6 (scores: 16 query rows in two ymm x 6 cache rows) and 6 x 16
 //   (output: 6 query rows x 16 latent columns): 12 accumulators + 2 loads + 1 broadcast = 15 of
 //   the 16 ymm registers, 8 loads per 12 FMAs.

@@ -134,6 +134,7 @@ inline void mla_pack_query(const float* q_lat, const float* q_pe, Index m_rows, 
 /// Portable C++ tile operations (the fallback, and what kernels::KernelPath::kPortable runs).
 /// Same data layouts as the AVX2 ones; loops are written so a compiler can vectorise them.
 struct MlaPortableOps {
+  static constexpr bool kDenseFloatTiles = false;  // see rows_as_float
   template <class T>
   static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
                     Index dst_stride) {
@@ -194,6 +195,7 @@ struct MlaPortableOps {
 #if defined(__AVX2__) && defined(__FMA__)
 /// AVX2 + FMA tile operations.
 struct MlaAvx2Ops {
+  static constexpr bool kDenseFloatTiles = false;
   template <class T>
   static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
                     Index dst_stride) {
@@ -361,10 +363,13 @@ struct MlaAvx2Ops {
 ///   the tile row and 6 broadcasts of P per 24 FMAs; a 64-column strip of the tile
 ///   (36 x 256 B = 9 KiB) and the P^T tile (18 KiB) stay in L1 while O streams from L2.
 ///   86-90% of peak on L2-resident data; 48-72-row tiles measured no better.
-/// - Prefetching the next tile into L2 in software, or copying a float tile to a dense buffer
-///   first (as the bf16 path's widening does), changed the whole kernel by <= 4%, within this
-///   VM's noise, and was left out.
+/// - Prefetching the next tile into L2 in software measured +1-3% (within this VM's noise) and
+///   was left out; copying a float tile to a dense buffer first (kDenseFloatTiles) was kept.
 struct MlaAvx512Ops : MlaAvx2Ops {
+  // Float tiles are copied to a dense buffer first (rows_as_float): +4-7% in four interleaved
+  // comparisons (L = 4k and 16k, 1 and 2 threads) on Sapphire Rapids, where the scores block's
+  // lockstep reads of six rows straight from DRAM stalled.
+  static constexpr bool kDenseFloatTiles = true;
   static constexpr Index kScoresKc = 288;
   static constexpr int kMaxPanels = 4;
   static constexpr int kMaxRows = 6;

@@ -376,13 +376,19 @@ void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, flo
 #endif
 
 /// Rows [0, tn) of a cache tile (`cols` values used per row, rows `stride` apart) as float rows for
-/// the micro-kernels: read in place for a float cache; widened by `Ops::widen` into `wide` (rows
-/// `wide_stride` apart) for bf16, as there are no bf16 dot instructions on AVX2. Returns the rows
-/// and sets `row_stride` to their stride.
+/// the micro-kernels: widened by `Ops::widen` into `wide` (rows `wide_stride` apart) for bf16;
+/// for a float cache read in place, or copied into `wide` where `Ops::kDenseFloatTiles` (the copy
+/// reads the tile once, row after row, which the hardware prefetcher follows; the micro-kernels
+/// then read it from L1/L2 in any order). Returns the rows and sets `row_stride` to their stride.
 template <class Ops, class T>
 const float* rows_as_float(const T* rows, Index stride, Index tn, Index cols, float* wide,
                            Index wide_stride, Index& row_stride) {
   if constexpr (std::is_same_v<T, float>) {
+    if constexpr (Ops::kDenseFloatTiles) {
+      for (Index r = 0; r < tn; ++r) std::memcpy(wide + r * wide_stride, rows + r * stride, sizeof(float) * std::size_t(cols));
+      row_stride = wide_stride;
+      return wide;
+    }
     row_stride = stride;
     return rows;
   } else {

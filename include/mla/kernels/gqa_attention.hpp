@@ -456,6 +456,7 @@ void dispatch_width(Index n, F&& f) {
 /// q [k][8], P^T / S^T rows of 8 floats `lds` apart, cache rows `stride` apart (float; bf16 tiles
 /// are widened first), O^T [d][8].
 struct GqaPackedAvx2Ops {
+  static constexpr bool kDenseFloatTiles = false;  // see rows_as_float
   template <class T>
   static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
                     Index dst_stride) {

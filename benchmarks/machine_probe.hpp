@@ -249,8 +249,12 @@ inline float read_sum_streams(const float* p, std::size_t n) {
   _mm256_store_ps(lanes, sum);
   return lanes[0] + lanes[7];
 #else
+  float acc[kStreams] = {};
+  for (std::size_t i = 0; i < seg; i += 16)
+    for (int s = 0; s < kStreams; ++s)
+      for (std::size_t j = 0; j < 16; ++j) acc[s] += p[std::size_t(s) * seg + i + j];
   float r = 0;
-  for (int s = 0; s < kStreams; ++s) r += read_sum(p + std::size_t(s) * seg, seg);
+  for (float x : acc) r += x;
   return r;
 #endif
 }

@@ -84,22 +84,27 @@ inline void sink_lanes(__m512 s) {
 }
 
 constexpr const char* kFmaIsa = "avx512";
-// 16 independent chains: 2 FMA pipes x 4-cycle latency need >= 8; 16 also covers cores whose
-// 512-bit FMA has a longer latency.
-inline double fma_loop(std::int64_t iters) {
-  const __m512 a = _mm512_set1_ps(0.999999f);
-  const __m512 b = _mm512_set1_ps(1e-7f);
+// 16 independent chains of `step` (zmm -> zmm) run `iters` times: 2 FMA pipes x 4-cycle latency
+// need >= 8; 16 also covers cores whose 512-bit units have a longer latency.
+template <class Step>
+inline void zmm_chains(std::int64_t iters, Step step) {
   __m512 c[16];
   for (int i = 0; i < 16; ++i) c[i] = _mm512_set1_ps(0.01f * float(i));
   for (std::int64_t i = 0; i < iters; ++i) {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC unroll 16
 #endif
-    for (int j = 0; j < 16; ++j) c[j] = _mm512_fmadd_ps(c[j], a, b);
+    for (int j = 0; j < 16; ++j) c[j] = step(c[j]);
   }
   __m512 s = c[0];
   for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, c[j]);
   sink_lanes(s);
+}
+
+inline double fma_loop(std::int64_t iters) {
+  const __m512 a = _mm512_set1_ps(0.999999f);
+  const __m512 b = _mm512_set1_ps(1e-7f);
+  zmm_chains(iters, [&](__m512 x) { return _mm512_fmadd_ps(x, a, b); });
   return double(iters) * 16 * 16 * 2;
 }
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -174,17 +179,7 @@ inline double measure_fma_gflops(int threads) {
 inline double bf16_dot_loop(std::int64_t iters) {
   const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0
   const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24
-  __m512 c[16];
-  for (int i = 0; i < 16; ++i) c[i] = _mm512_set1_ps(0.01f * float(i));
-  for (std::int64_t i = 0; i < iters; ++i) {
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC unroll 16
-#endif
-    for (int j = 0; j < 16; ++j) c[j] = _mm512_dpbf16_ps(c[j], a, b);
-  }
-  __m512 s = c[0];
-  for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, c[j]);
-  sink_lanes(s);
+  zmm_chains(iters, [&](__m512 x) { return _mm512_dpbf16_ps(x, a, b); });
   return double(iters) * 16 * 16 * 4;
 }
 

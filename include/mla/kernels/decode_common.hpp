@@ -375,6 +375,18 @@ void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, flo
 }
 #endif
 
+/// Asks for `rows` segments of `bytes` bytes (starting `row_bytes` apart at `p`) in L1: for reads
+/// of many short row segments, which the hardware prefetcher does not follow.
+inline void prefetch_row_segments(const void* p, Index rows, Index row_bytes, Index bytes) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const char* base = static_cast<const char*>(p);
+  for (Index r = 0; r < rows; ++r)
+    for (Index b = 0; b < bytes; b += 64) _mm_prefetch(base + r * row_bytes + b, _MM_HINT_T0);
+#else
+  (void)p, (void)rows, (void)row_bytes, (void)bytes;
+#endif
+}
+
 /// Rows [0, tn) of a cache tile (`cols` values used per row, rows `stride` apart) as float rows for
 /// the micro-kernels: widened by `Ops::widen` into `wide` (rows `wide_stride` apart) for bf16;
 /// for a float cache read in place, or copied into `wide` where `Ops::kDenseFloatTiles` (the copy

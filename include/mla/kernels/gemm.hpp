@@ -61,15 +61,11 @@ void gemm_pack_b(const TB* b, Index ldb, kernels::GemmB layout, Index k0, Index 
     float* dst = packed + j0 * kc;
     const Index w = std::min(kGemmNr, nc - j0);
     if (layout == kernels::GemmB::kTransposed) {
-#if defined(__AVX2__) || defined(__AVX512F__)
       // Short row segments (kc elements) of many rows: prefetch the next panel's, as in
       // gemm_pack_a (packing stalled on these loads in a prefill profile).
-      const Index next_w = std::min(kGemmNr, nc - j0 - kGemmNr);
-      for (Index j = 0; j < next_w; ++j) {
-        const char* row = reinterpret_cast<const char*>(b + (n0 + j0 + kGemmNr + j) * ldb + k0);
-        for (Index byte = 0; byte < kc * Index(sizeof(TB)); byte += 64) _mm_prefetch(row + byte, _MM_HINT_T0);
-      }
-#endif
+      if (j0 + kGemmNr < nc)
+        prefetch_row_segments(b + (n0 + j0 + kGemmNr) * ldb + k0, std::min(kGemmNr, nc - j0 - kGemmNr),
+                              ldb * Index(sizeof(TB)), kc * Index(sizeof(TB)));
       // Column j of op(B) is row n0 + j of B: read each row once, scatter into the panel.
       for (Index j = 0; j < w; ++j) {
         const TB* src = b + (n0 + j0 + j) * ldb + k0;
@@ -94,16 +90,12 @@ inline void gemm_pack_a(const float* a, Index lda, Index m0, Index mc, Index k0,
   for (Index i0 = 0; i0 < mc; i0 += kGemmMr) {
     float* dst = packed + i0 * kc;
     const Index h = std::min(kGemmMr, mc - i0);
-#if defined(__AVX2__) || defined(__AVX512F__)
     // A is often a large matrix written just before (P in the naive path's P V, 16 MiB at
     // T = 2048) whose short row segments (kc floats) the hardware prefetcher does not pick up:
     // packing stalled on these loads (81% of its samples). Ask for the next panel's rows now.
-    const Index next_h = std::min(kGemmMr, mc - i0 - kGemmMr);
-    for (Index i = 0; i < next_h; ++i) {
-      const char* row = reinterpret_cast<const char*>(a + (m0 + i0 + kGemmMr + i) * lda + k0);
-      for (Index byte = 0; byte < kc * Index(sizeof(float)); byte += 64) _mm_prefetch(row + byte, _MM_HINT_T0);
-    }
-#endif
+    if (i0 + kGemmMr < mc)
+      prefetch_row_segments(a + (m0 + i0 + kGemmMr) * lda + k0, std::min(kGemmMr, mc - i0 - kGemmMr),
+                            lda * Index(sizeof(float)), kc * Index(sizeof(float)));
     for (Index i = 0; i < h; ++i) {
       const float* src = a + (m0 + i0 + i) * lda + k0;
       for (Index k = 0; k < kc; ++k) dst[k * kGemmMr + i] = src[k];

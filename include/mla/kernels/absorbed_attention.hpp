@@ -407,34 +407,18 @@ struct MlaAvx512Ops : MlaAvx2Ops {
     }
   }
 
-  template <int NP, bool kAdd>
-  static void scores_panels(const float* q, Index panel_stride, const float* rows, Index stride,
-                            Index kc, Index tn, float* st, Index lds) {
-    Index t = 0;
-    for (; t + kMaxRows <= tn; t += kMaxRows)
-      scores_block<NP, kMaxRows, kAdd>(q, panel_stride, rows + t * stride, stride, kc,
-                                       st + t * lds, lds);
-    const float* r = rows + t * stride;
-    float* s = st + t * lds;
-    switch (tn - t) {
-      case 5: scores_block<NP, 5, kAdd>(q, panel_stride, r, stride, kc, s, lds); break;
-      case 4: scores_block<NP, 4, kAdd>(q, panel_stride, r, stride, kc, s, lds); break;
-      case 3: scores_block<NP, 3, kAdd>(q, panel_stride, r, stride, kc, s, lds); break;
-      case 2: scores_block<NP, 2, kAdd>(q, panel_stride, r, stride, kc, s, lds); break;
-      case 1: scores_block<NP, 1, kAdd>(q, panel_stride, r, stride, kc, s, lds); break;
-      default: break;
-    }
-  }
-
+  // All tn cache rows of a tile for np (1..4) query panels, in blocks of up to kMaxRows rows.
   template <bool kAdd>
-  static void scores_group(int np, const float* q, Index panel_stride, const float* rows,
+  static void scores_group(Index np, const float* q, Index panel_stride, const float* rows,
                            Index stride, Index kc, Index tn, float* st, Index lds) {
-    switch (np) {
-      case 4: scores_panels<4, kAdd>(q, panel_stride, rows, stride, kc, tn, st, lds); break;
-      case 3: scores_panels<3, kAdd>(q, panel_stride, rows, stride, kc, tn, st, lds); break;
-      case 2: scores_panels<2, kAdd>(q, panel_stride, rows, stride, kc, tn, st, lds); break;
-      default: scores_panels<1, kAdd>(q, panel_stride, rows, stride, kc, tn, st, lds); break;
-    }
+    dispatch_width<kMaxPanels>(np, [&](auto npc) {
+      constexpr int NP = decltype(npc)::value;
+      for (Index t = 0; t < tn; t += kMaxRows)
+        dispatch_width<kMaxRows>(std::min<Index>(kMaxRows, tn - t), [&](auto ntc) {
+          scores_block<NP, decltype(ntc)::value, kAdd>(q, panel_stride, rows + t * stride, stride,
+                                                       kc, st + t * lds, lds);
+        });
+    });
   }
 
   static void scores(const float* qp, Index panels, Index k_dim, const float* rows, Index stride,
@@ -445,7 +429,7 @@ struct MlaAvx512Ops : MlaAvx2Ops {
       const Index k0 = k_dim * c / chunks;
       const Index kc = k_dim * (c + 1) / chunks - k0;
       for (Index p = 0; p < panels; p += kMaxPanels) {
-        const int np = int(std::min<Index>(kMaxPanels, panels - p));
+        const Index np = std::min<Index>(kMaxPanels, panels - p);
         const float* q = qp + p * panel_stride + k0 * kMlaPanel;
         if (c == 0)
           scores_group<false>(np, q, panel_stride, rows + k0, stride, kc, tn, st + p * kMlaPanel, lds);
@@ -515,24 +499,16 @@ struct MlaAvx512Ops : MlaAvx2Ops {
     }
   }
 
+  // All mc query rows of one 64-column strip, in blocks of up to kMaxRows rows.
   template <bool kMasked>
   static void accumulate_strip(const float* pt, Index lds, Index tn, Index mc, const float* r,
                                Index stride, float* od, Index ldo, const float* alpha,
                                const __mmask16* mask) {
-    Index m = 0;
-    for (; m + kMaxRows <= mc; m += kMaxRows)
-      accumulate_block<kMaxRows, kMasked>(pt + m, lds, tn, r, stride, od + m * ldo, ldo, alpha + m, mask);
-    const float* p = pt + m;
-    float* om = od + m * ldo;
-    const float* a = alpha + m;
-    switch (mc - m) {
-      case 5: accumulate_block<5, kMasked>(p, lds, tn, r, stride, om, ldo, a, mask); break;
-      case 4: accumulate_block<4, kMasked>(p, lds, tn, r, stride, om, ldo, a, mask); break;
-      case 3: accumulate_block<3, kMasked>(p, lds, tn, r, stride, om, ldo, a, mask); break;
-      case 2: accumulate_block<2, kMasked>(p, lds, tn, r, stride, om, ldo, a, mask); break;
-      case 1: accumulate_block<1, kMasked>(p, lds, tn, r, stride, om, ldo, a, mask); break;
-      default: break;
-    }
+    for (Index m = 0; m < mc; m += kMaxRows)
+      dispatch_width<kMaxRows>(std::min<Index>(kMaxRows, mc - m), [&](auto mr) {
+        accumulate_block<decltype(mr)::value, kMasked>(pt + m, lds, tn, r, stride, od + m * ldo,
+                                                       ldo, alpha + m, mask);
+      });
   }
 };
 #endif

@@ -16,6 +16,7 @@
 #include <limits>
 #include <new>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -176,6 +177,19 @@ namespace internal {
 
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
+
+/// Calls f(std::integral_constant<int, n>) for a runtime n in [1, N]: picks the instantiation of
+/// a micro-kernel whose width (or height) is a template parameter.
+template <int N, class F>
+void dispatch_width(Index n, F&& f) {
+  if constexpr (N >= 1) {
+    if (n == N) {
+      f(std::integral_constant<int, N>{});
+      return;
+    }
+    dispatch_width<N - 1>(n, std::forward<F>(f));
+  }
+}
 
 /// Rounds n up to a multiple of `to` (a power of two).
 constexpr Index round_up(Index n, Index to) { return (n + to - 1) & ~(to - 1); }

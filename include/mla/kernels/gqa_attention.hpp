@@ -439,19 +439,6 @@ inline void prefetch_line(const char* p, Index i, Index n) {
   if (n > 0) _mm_prefetch(p + 64 * std::min(i, n - 1), _MM_HINT_T0);
 }
 
-/// Calls f(std::integral_constant<int, n>) for a runtime n in [1, N]: picks the instantiation of
-/// a micro-kernel whose width is a template parameter.
-template <int N, class F>
-void dispatch_width(Index n, F&& f) {
-  if constexpr (N >= 1) {
-    if (n == N) {
-      f(std::integral_constant<int, N>{});
-      return;
-    }
-    dispatch_width<N - 1>(n, std::forward<F>(f));
-  }
-}
-
 /// AVX2 + FMA tile operations of the packed form (see kGqaPackedMinRows). Operands: a query panel
 /// q [k][8], P^T / S^T rows of 8 floats `lds` apart, cache rows `stride` apart (float; bf16 tiles
 /// are widened first), O^T [d][8].

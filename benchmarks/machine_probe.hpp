@@ -3,8 +3,8 @@
 // build targets, 16-wide with AVX-512 and 8-wide with AVX2, enough of them to cover the FMA latency
 // on every pipe), the bf16 dot-product peak where the build targets AVX512-BF16 (vdpbf16ps, two
 // bf16 products per fp32 lane) and STREAM-like read bandwidth (sum of a 256 MiB buffer, as one
-// sequential stream per thread and as eight interleaved ones, the better of the two). Without bf16 dot instructions the bf16 peak is reported as 0 (absent). Header-only;
-// takes ~0.3 s.
+// sequential stream per thread and as eight interleaved ones, the better of the two). Without bf16
+// dot instructions the bf16 peak is reported as 0 (absent). Header-only; takes ~0.5 s.
 #pragma once
 
 #include <algorithm>
@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <memory>
 #include <new>
-#include <string>
 #include <thread>
 #include <vector>
 
@@ -32,8 +31,7 @@ struct MachinePeaks {
   double read_gbps_1t = 0;       // read bandwidth from DRAM, GB/s (1e9 B/s), 1 thread
   double read_gbps_2t = 0;       // same, 2 threads
   double bf16_dot_gflops_1t = 0; // bf16 dot-product peak; 0 = no such instructions
-  bool simd_fma = false;         // true when the FMA probe used SIMD FMA intrinsics
-  const char* fma_isa = "portable";  // which: "avx512", "avx2" or "portable"
+  const char* fma_isa = "portable";  // vectors of the FMA probe: "avx512", "avx2" or "portable"
 };
 
 namespace internal {
@@ -157,19 +155,25 @@ inline double fma_loop(std::int64_t iters) {
 }
 #endif
 
-// Best of many short windows: on a shared machine a short window is likelier to get a whole core.
-inline double measure_fma_gflops(int threads) {
-  const std::int64_t iters = 1'000'000;  // ~2 ms per window at ~90 GFLOP/s
+// Best of 25 short windows of loop(iters) (which returns its FLOPs) on every thread: on a shared
+// machine a short window is likelier to get a whole core.
+template <class Loop>
+inline double best_window_gflops(int threads, std::int64_t iters, Loop loop) {
   double best = 0;
   for (int rep = 0; rep < 25; ++rep) {
     double flops = 0;
     const double secs = run_threads(threads, [&](int t) {
-      const double f = fma_loop(iters);
+      const double f = loop(iters);
       if (t == 0) flops = f;
     });
     best = std::max(best, flops * threads / secs / 1e9);
   }
   return best;
+}
+
+inline double measure_fma_gflops(int threads) {
+  // ~2 ms per window at ~90 GFLOP/s (AVX2), ~3 ms at ~170 (AVX-512)
+  return best_window_gflops(threads, 1'000'000, fma_loop);
 }
 
 #if defined(__AVX512BF16__)
@@ -183,15 +187,7 @@ inline double bf16_dot_loop(std::int64_t iters) {
   return double(iters) * 16 * 16 * 4;
 }
 
-inline double measure_bf16_dot_gflops() {
-  double best = 0;
-  for (int rep = 0; rep < 25; ++rep) {
-    double flops = 0;
-    const double secs = run_threads(1, [&](int) { flops = bf16_dot_loop(500'000); });
-    best = std::max(best, flops / secs / 1e9);
-  }
-  return best;
-}
+inline double measure_bf16_dot_gflops() { return best_window_gflops(1, 500'000, bf16_dot_loop); }
 #endif
 
 // Sums [begin, end) with 8 independent accumulators so the adds never limit the read rate.
@@ -278,7 +274,6 @@ inline double measure_read_gbps(const float* buf, std::size_t n, int threads) {
 inline MachinePeaks measure_machine_peaks() {
   MachinePeaks peaks;
   peaks.fma_isa = internal::kFmaIsa;
-  peaks.simd_fma = std::string(internal::kFmaIsa) != "portable";
   peaks.fma_gflops_1t = internal::measure_fma_gflops(1);
   peaks.fma_gflops_2t = internal::measure_fma_gflops(2);
 

@@ -120,9 +120,15 @@ struct Limits {
 /// that widen bf16 to float) and the bf16 dot-product peak where the CPU has such instructions
 /// (scaled to 2 threads like the fp32 peak, which is what the probe measures): widening costs no
 /// FLOPs, so the higher of the two is what the machine can do. On Sapphire Rapids vdpbf16ps runs
-/// at half the FLOP rate of a 512-bit FMA, so there the fp32 peak is the limit.
-inline Limits limits_for(const MachinePeaks& p, int threads, bool bf16_cache) {
+/// at half the FLOP rate of a 512-bit FMA, so there the fp32 peak is the limit. `amx`: the step
+/// runs on the AMX tile unit (KernelPath::kAmx), held to the tile peak of that thread count.
+inline Limits limits_for(const MachinePeaks& p, int threads, bool bf16_cache, bool amx = false) {
   Limits l;
+  if (amx) {
+    l.flops_per_s = 1e9 * (threads >= 2 ? p.amx_bf16_gflops_2t : p.amx_bf16_gflops_1t);
+    l.bytes_per_s = 1e9 * (threads >= 2 ? p.read_gbps_2t : p.read_gbps_1t);
+    return l;
+  }
   const double fma = threads >= 2 ? p.fma_gflops_2t : p.fma_gflops_1t;
   l.flops_per_s = 1e9 * fma;
   if (bf16_cache && p.bf16_dot_gflops_1t > 0)

@@ -6,6 +6,8 @@
 //           gqa                  Qwen2.5-72B: 64 query heads over 8 KV heads x 128 (hidden 8192)
 //           mla_absorbed         DeepSeek-V3: 128 heads, latent cache c_kv 512 + k_pe 64,
 //                                attention in latent space (W_UK / W_UV absorbed)
+//           mla_absorbed_amx     the same on the AMX tile unit (KernelPath::kAmx: query and softmax
+//                                weights rounded to bf16): core part, bf16 cache, AMX builds only
 //           mla_naive_recompute  DeepSeek-V3, same latent cache, K/V recomputed from it each step
 //           mla_naive_cached     DeepSeek-V3 with a decompressed cache, 128 heads x (192 + 128)
 //   part    core     attention only: query already projected, cache filled with L rows; the step
@@ -24,7 +26,8 @@
 // the measured time, with the peaks of this thread count measured by the probe (at start-up and
 // again before each benchmark, keeping the maximum: on a shared machine load only lowers it): for
 // the compute-bound MLA paths that is the % of the FMA peak, for the memory-bound MHA, GQA and
-// decompressed-cache steps the % of read bandwidth (a cache that fits in L3 can exceed 100%).
+// decompressed-cache steps the % of read bandwidth (a cache that fits in L3 can exceed 100%);
+// mla_absorbed_amx is held to the AMX tile peak (tdpbf16ps) the probe measures instead.
 // Layers add their weights (float) to the bytes. mla_absorbed also gets speedup_vs_recompute and
 // speedup_vs_cached: the naive variant's time divided by its own, for the same part, type, L and
 // threads in this run (per repetition and for mean/median); absent where the naive one was not run.
@@ -78,7 +81,7 @@ namespace {
 
 using mla::Index;
 
-enum class Design { kMha, kGqa, kMlaAbsorbed, kMlaNaiveRecompute, kMlaNaiveCached };
+enum class Design { kMha, kGqa, kMlaAbsorbed, kMlaAbsorbedAmx, kMlaNaiveRecompute, kMlaNaiveCached };
 enum class Part { kCore, kLayer, kLayerBf16Weights, kPrefill };
 enum class CacheType { kF32, kBf16 };
 
@@ -87,6 +90,7 @@ const char* name_of(Design d) {
     case Design::kMha: return "mha";
     case Design::kGqa: return "gqa";
     case Design::kMlaAbsorbed: return "mla_absorbed";
+    case Design::kMlaAbsorbedAmx: return "mla_absorbed_amx";
     case Design::kMlaNaiveRecompute: return "mla_naive_recompute";
     case Design::kMlaNaiveCached: return "mla_naive_cached";
   }
@@ -176,6 +180,7 @@ StepCost core_cost(Design d, Index L, std::size_t eb) {
       break;
     }
     case Design::kMlaAbsorbed:
+    case Design::kMlaAbsorbedAmx:
       s.flops = 2.0 * H * lc * (R + P) + 2.0 * H * lc * R;
       s.cache_bytes = lc * (R + P) * double(eb);
       break;
@@ -363,7 +368,10 @@ const mla::Matrix<float>& naive_kv_b() {
 // Core: MLA over the latent cache, absorbed (kernels::absorbed_attention) or naive recompute.
 template <class T>
 struct LatentCoreFixture : Fixture {
-  LatentCoreFixture(Design d, Index L) : naive(d == Design::kMlaNaiveRecompute), len(L) {
+  LatentCoreFixture(Design d, Index L)
+      : naive(d == Design::kMlaNaiveRecompute),
+        path(d == Design::kMlaAbsorbedAmx ? mla::kernels::KernelPath::kAmx : mla::kernels::KernelPath::kAuto),
+        len(L) {
     const auto& c = v3();
     H = c.num_attention_heads;
     R = c.kv_lora_rank;
@@ -404,7 +412,7 @@ struct LatentCoreFixture : Fixture {
       naive_step(threads);
     else
       mla::kernels::absorbed_attention(shape, q_lat.data(), q_pe.data(), cache.data(), scale,
-                                       o_lat.data(), nullptr, ws[threads], &pool(threads));
+                                       o_lat.data(), nullptr, ws[threads], &pool(threads), path);
     cache.truncate(len);
     benchmark::DoNotOptimize(naive ? heads.data() : o_lat.data());
   }
@@ -453,6 +461,7 @@ struct LatentCoreFixture : Fixture {
   }
 
   bool naive;
+  mla::kernels::KernelPath path;
   Index len, H = 0, R = 0, P = 0, N = 0, V = 0;
   mla::LatentCache<T> cache;
   mla::kernels::AbsorbedAttentionShape shape;
@@ -608,7 +617,8 @@ template <class T>
 std::unique_ptr<Fixture> make_fixture_t(const Case& c) {
   switch (c.part) {
     case Part::kCore:
-      if (c.design == Design::kMlaAbsorbed || c.design == Design::kMlaNaiveRecompute)
+      if (c.design == Design::kMlaAbsorbed || c.design == Design::kMlaAbsorbedAmx ||
+          c.design == Design::kMlaNaiveRecompute)
         return std::make_unique<LatentCoreFixture<T>>(c.design, c.length);
       return std::make_unique<KvCoreFixture<T>>(c.design, c.length);
     case Part::kLayer:
@@ -659,8 +669,8 @@ void run_case(benchmark::State& state, const Case& c) {
     benchmark::ClobberMemory();
   }
   const StepCost s = cost_of(c);
-  const mla_bench::Limits lim =
-      mla_bench::limits_for(g_peaks, c.threads, c.type == CacheType::kBf16);
+  const mla_bench::Limits lim = mla_bench::limits_for(g_peaks, c.threads, c.type == CacheType::kBf16,
+                                                      c.design == Design::kMlaAbsorbedAmx);
   const double bound = mla_bench::roofline_seconds(s.flops, s.cache_bytes + s.weight_bytes, lim);
   using benchmark::Counter;
   state.counters["tok_s"] = Counter(s.tokens, Counter::kIsIterationInvariantRate);
@@ -672,7 +682,7 @@ void run_case(benchmark::State& state, const Case& c) {
 // ---- speed-up of absorbed over the naive paths, from runs of this process --------------------
 
 /// Remembers the naive runs' times and adds speedup_vs_recompute / speedup_vs_cached to the
-/// matching mla_absorbed runs (same part, type, L and threads; same repetition index, or the
+/// matching mla_absorbed and mla_absorbed_amx runs (same part, type, L and threads; same repetition index, or the
 /// same mean/median aggregate). Registration puts the naive benchmarks first.
 class SpeedupTable {
  public:
@@ -693,7 +703,7 @@ class SpeedupTable {
       const double t = run.GetAdjustedRealTime();
       if (design == "mla_naive_recompute" || design == "mla_naive_cached") {
         times_[design + rest + "|" + tag] = t;
-      } else if (design == "mla_absorbed" && t > 0) {
+      } else if ((design == "mla_absorbed" || design == "mla_absorbed_amx") && t > 0) {
         for (const char* naive : {"mla_naive_recompute", "mla_naive_cached"}) {
           const auto it = times_.find(std::string(naive) + rest + "|" + tag);
           if (it == times_.end()) continue;
@@ -815,9 +825,13 @@ void register_all(const Options& o) {
     if (part == Part::kCore) {
       for (CacheType t : o.types)
         for (Index L : o.contexts)
-          for (Design d : {Design::kMha, Design::kGqa, mla_order[0], mla_order[1], mla_order[2]})
-            for (int th : o.threads)
+          for (Design d : {Design::kMha, Design::kGqa, mla_order[0], mla_order[1], mla_order[2],
+                           Design::kMlaAbsorbedAmx})
+            for (int th : o.threads) {
+              if (d == Design::kMlaAbsorbedAmx && (t != CacheType::kBf16 || !mla::kernels::kHaveAmx))
+                continue;
               if (o.no_skip || !skipped_by_default(d, L)) add({d, part, t, L, th});
+            }
     } else if (part == Part::kLayer || part == Part::kLayerBf16Weights) {
       // Grouped by layer so each layer's weights are built once; the Workspace carries the pool.
       for (Design d : {Design::kMha, Design::kGqa})
@@ -939,6 +953,8 @@ int main(int argc, char** argv) {
     g_peaks.read_gbps_1t = std::max(g_peaks.read_gbps_1t, p.read_gbps_1t);
     g_peaks.read_gbps_2t = std::max(g_peaks.read_gbps_2t, p.read_gbps_2t);
     g_peaks.bf16_dot_gflops_1t = std::max(g_peaks.bf16_dot_gflops_1t, p.bf16_dot_gflops_1t);
+    g_peaks.amx_bf16_gflops_1t = std::max(g_peaks.amx_bf16_gflops_1t, p.amx_bf16_gflops_1t);
+    g_peaks.amx_bf16_gflops_2t = std::max(g_peaks.amx_bf16_gflops_2t, p.amx_bf16_gflops_2t);
   }
   auto num = [](double v) {
     char b[32];
@@ -953,6 +969,12 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("peak_bf16_dot_gflops_1t", g_peaks.bf16_dot_gflops_1t > 0
                                                              ? num(g_peaks.bf16_dot_gflops_1t)
                                                              : std::string("absent"));
+  if (mla::kernels::kHaveAmx) {
+    benchmark::AddCustomContext("peak_amx_bf16_gflops_1t", g_peaks.amx_bf16_gflops_1t > 0
+                                                               ? num(g_peaks.amx_bf16_gflops_1t)
+                                                               : std::string("not granted"));
+    benchmark::AddCustomContext("peak_amx_bf16_gflops_2t", num(g_peaks.amx_bf16_gflops_2t));
+  }
   benchmark::AddCustomContext("kernels", mla::kernels::path_name(mla::kernels::widest_compiled_path()));
   benchmark::AddCustomContext("peak_fma_isa", g_peaks.fma_isa);
   benchmark::AddCustomContext("mode", o.full ? "full" : "quick");

@@ -1,7 +1,8 @@
 // Benchmarks of the fast decode-attention kernels against this machine's measured peaks.
 //
 // - Absorbed MLA (DeepSeek-V3 dims: 128 heads, kv_lora 512, rope 64): GFLOP/s and % of the fp32
-//   FMA peak (probe, same thread count), float and bf16 caches, 1 and 2 threads; beside it an Eigen
+//   FMA peak (probe, same thread count), float and bf16 caches, 1 and 2 threads (on AMX builds
+//   also <bf16,amx>: KernelPath::kAmx, with pct_amx_peak against the tile probe); beside it an Eigen
 //   GEMM formulation of the same attention and, at a short cache, the double reference (ratios).
 // - MHA / GQA decode: GB/s of K+V streamed and % of the probe's STREAM-like read bandwidth.
 //
@@ -94,6 +95,12 @@ void BM_AbsorbedAttention(benchmark::State& state, mla::kernels::KernelPath path
     benchmark::ClobberMemory();
   }
   set_flop_counters(state, absorbed_flops(kHeads, len), threads);
+  if (path == mla::kernels::KernelPath::kAmx) {
+    const double amx = 1e9 * (threads >= 2 ? g_peaks.amx_bf16_gflops_2t : g_peaks.amx_bf16_gflops_1t);
+    if (amx > 0)
+      state.counters["pct_amx_peak"] = benchmark::Counter(100.0 * absorbed_flops(kHeads, len) / amx,
+                                                          benchmark::Counter::kIsIterationInvariantRate);
+  }
 }
 // The same attention written as Eigen GEMMs over the whole cache (S = Q C^T, row softmax,
 // O = P C[:, :kv_lora]); Eigen is single-threaded here. Arg: cache_len.
@@ -208,6 +215,13 @@ void register_benchmarks() {
       }
     }
   }
+  if (mla::kernels::kHaveAmx)
+    for (int threads : {1, 2})
+      for (long len : {4096L, 16384L})
+        register_kernel("BM_AbsorbedAttention<bf16,amx>",
+                        [](benchmark::State& st) { BM_AbsorbedAttention<mla::bfloat16>(st, mla::kernels::KernelPath::kAmx); },
+                        threads)
+            ->ArgNames({"L", "threads"})->Args({len, threads})->Unit(benchmark::kMillisecond);
   // Short cache: compare with BM_AbsorbedAttentionReference (same shape).
   register_kernel("BM_AbsorbedAttention<float>",
                   [](benchmark::State& st) { BM_AbsorbedAttention<float>(st, mla::kernels::KernelPath::kAuto); }, 1)
@@ -242,6 +256,10 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("peak_fma_gflops_2t", std::to_string(g_peaks.fma_gflops_2t));
   benchmark::AddCustomContext("peak_read_gbps_1t", std::to_string(g_peaks.read_gbps_1t));
   benchmark::AddCustomContext("peak_read_gbps_2t", std::to_string(g_peaks.read_gbps_2t));
+  if (mla::kernels::kHaveAmx) {
+    benchmark::AddCustomContext("peak_amx_bf16_gflops_1t", std::to_string(g_peaks.amx_bf16_gflops_1t));
+    benchmark::AddCustomContext("peak_amx_bf16_gflops_2t", std::to_string(g_peaks.amx_bf16_gflops_2t));
+  }
   benchmark::AddCustomContext("peak_bf16_dot_gflops_1t",
                               g_peaks.bf16_dot_gflops_1t > 0 ? std::to_string(g_peaks.bf16_dot_gflops_1t)
                                                              : std::string("absent"));

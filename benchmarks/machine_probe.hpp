@@ -18,6 +18,8 @@
 
 #include <time.h>
 
+#include "mla/kernels/absorbed_amx.hpp"  // AMX tile set-up and the OS grant, for the tile probe
+
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -31,6 +33,8 @@ struct MachinePeaks {
   double read_gbps_1t = 0;       // read bandwidth from DRAM, GB/s (1e9 B/s), 1 thread
   double read_gbps_2t = 0;       // same, 2 threads
   double bf16_dot_gflops_1t = 0; // bf16 dot-product peak; 0 = no such instructions
+  double amx_bf16_gflops_1t = 0; // AMX tile bf16 peak (tdpbf16ps); 0 = not built or not granted
+  double amx_bf16_gflops_2t = 0; // same, 2 threads
   const char* fma_isa = "portable";  // vectors of the FMA probe: "avx512", "avx2" or "portable"
 };
 
@@ -190,8 +194,45 @@ inline double bf16_dot_loop(std::int64_t iters) {
 inline double measure_bf16_dot_gflops() { return best_window_gflops(1, 500'000, bf16_dot_loop); }
 #endif
 
+#if defined(MLA_HAVE_AMX)
+// tdpbf16ps on four independent accumulator tiles from operands held in tiles: 16 x 16 x 32
+// multiply-adds (16384 FLOP) per instruction, the unit's issue rate with no memory traffic.
+inline double amx_bf16_loop(std::int64_t iters) {
+  alignas(64) std::uint16_t ones[512];
+  std::fill(ones, ones + 512, std::uint16_t(0x3f80));  // bf16 1.0
+  mla::internal::amx_configure_tiles();
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (std::int64_t i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float out[256];
+  _tile_stored(0, out, 64);
+  _tile_release();
+  sink_lanes(_mm512_load_ps(out));
+  return double(iters) * 4 * 16 * 16 * 32 * 2;
+}
+
+// ~1 ms per window at ~2 TFLOP/s.
+inline double measure_amx_bf16_gflops(int threads) {
+  if (!mla::internal::amx_tiles_granted()) return 0;
+  return best_window_gflops(threads, 30'000, amx_bf16_loop);
+}
+#endif
+
 // Sums [begin, end) with 8 independent accumulators so the adds never limit the read rate.
-inline float read_sum(const float* p, std::size_t n) {
+// Out of line: inlined into the probe with a constant n, GCC 12 reports a bogus
+// -Waggressive-loop-optimizations on the (empty) tail loop.
+[[gnu::noinline]] inline float read_sum(const float* p, std::size_t n) {
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc[8];
   for (__m256& a : acc) a = _mm256_setzero_ps();
@@ -292,6 +333,10 @@ inline MachinePeaks measure_machine_peaks() {
   peaks.bf16_dot_gflops_1t = internal::measure_bf16_dot_gflops();
 #else
   peaks.bf16_dot_gflops_1t = 0;  // no bf16 dot instructions in this build
+#endif
+#if defined(MLA_HAVE_AMX)
+  peaks.amx_bf16_gflops_1t = internal::measure_amx_bf16_gflops(1);
+  peaks.amx_bf16_gflops_2t = internal::measure_amx_bf16_gflops(2);
 #endif
   return peaks;
 }

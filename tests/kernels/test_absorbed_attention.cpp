@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #include <random>
@@ -280,8 +281,10 @@ TEST(AbsorbedAttention, RefusesAPathThatIsNotCompiledIn) {
   const Inputs in = make_inputs(1, 2, 20, 6, 10, 0, 3);
   AbsorbedAttentionWorkspace ws;
   std::vector<float> out(40);
-  for (KernelPath path : {KernelPath::kAvx2, KernelPath::kAvx512}) {
-    const bool compiled = static_cast<int>(path) <= static_cast<int>(mla::kernels::widest_compiled_path());
+  for (KernelPath path : {KernelPath::kAvx2, KernelPath::kAvx512, KernelPath::kAmx}) {
+    const bool compiled = path == KernelPath::kAmx
+                              ? mla::kernels::kHaveAmx
+                              : static_cast<int>(path) <= static_cast<int>(mla::kernels::widest_compiled_path());
     auto call = [&] {
       mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(),
                                        1.0f, out.data(), nullptr, ws, nullptr, path);
@@ -291,6 +294,167 @@ TEST(AbsorbedAttention, RefusesAPathThatIsNotCompiledIn) {
     else
       EXPECT_THROW(call(), std::invalid_argument) << mla::kernels::path_name(path);
   }
+}
+
+// ---- The AMX-BF16 path (KernelPath::kAmx): bf16 query and weights, float accumulation ----
+
+// Runs the AMX path over a bf16 cache on no pool, one thread and two threads.
+template <class Check>
+void for_each_amx_run(const Inputs& in, float scale, Check&& check) {
+  mla::ThreadPool pool1(1), pool2(2);
+  AbsorbedAttentionWorkspace ws;
+  const Index m = in.shape.rows();
+  for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, &pool2}) {
+    std::vector<float> out(std::size_t(m * in.shape.kv_lora), NAN), lse(std::size_t(m), NAN);
+    mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_b.data(),
+                                     scale, out.data(), lse.data(), ws, pool, KernelPath::kAmx);
+    check(out, lse, mla::num_threads(pool));
+  }
+}
+
+std::string shape_text(const AbsorbedAttentionShape& s, int threads) {
+  return ::testing::PrintToString(std::vector<Index>{s.q_len, s.num_heads, s.kv_lora, s.rope,
+                                                     s.cache_len, s.row_stride, Index(threads)});
+}
+
+// Scores that are small integers in base 2 make every softmax weight a power of two, which bf16
+// holds exactly, and a query of 0s and 1s (times scale * log2 e = 1) is exact in bf16 too. The
+// AMX path then rounds nothing, and must match the float64 reference to float accuracy: this
+// checks the staging, the tile products, the transposes and the chunk-to-chunk rescaling.
+TEST(AbsorbedAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  const float scale = 1.0f / 1.4426950408889634f;  // scale * log2 e rounds to 1 in bf16
+  const QShape qs[] = {{1, 1}, {1, 5}, {3, 7}, {1, 40}, {1, 128}, {2, 64}, {2, 128}};
+  const Index lens[] = {1, 2, 31, 33, 255, 256, 257, 700};
+  const std::pair<Index, Index> dims[] = {{20, 6}, {100, 12}, {512, 64}};
+  unsigned seed = 500;
+  for (auto [kv_lora, rope] : dims)
+    for (const QShape& q : qs)
+      for (Index len : lens) {
+        if (len < q.q_len || (q.q_len * q.heads > 40 && len > 300 && kv_lora < 512)) continue;
+        Inputs in = make_inputs(q.q_len, q.heads, kv_lora, rope, len, seed % 3 == 0 ? 7 : 0, seed);
+        ++seed;
+        std::mt19937 rng(seed);
+        std::uniform_int_distribution<int> pick(-1, 1);
+        const Index k_dim = kv_lora + rope;
+        // Six ones per query row: scores in [-6, 6], weights 2^-12 .. 1.
+        for (Index m = 0; m < in.shape.rows(); ++m) {
+          for (Index k = 0; k < kv_lora; ++k) in.q_lat[std::size_t(m * kv_lora + k)] = 0.0f;
+          for (Index k = 0; k < rope; ++k) in.q_pe[std::size_t(m * rope + k)] = 0.0f;
+          for (int i = 0; i < 6; ++i) {
+            const Index k = Index(rng() % std::uint32_t(k_dim));
+            if (k < kv_lora) in.q_lat[std::size_t(m * kv_lora + k)] = 1.0f;
+            else in.q_pe[std::size_t(m * rope + k - kv_lora)] = 1.0f;
+          }
+        }
+        for (auto& c : in.cache_b) c = bfloat16(float(pick(rng)));
+        const Index m = in.shape.rows();
+        std::vector<float> ref(std::size_t(m * kv_lora)), ref_lse(static_cast<std::size_t>(m));
+        mla::reference::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(),
+                                           in.cache_b.data(), scale, ref.data(), ref_lse.data());
+        for_each_amx_run(in, scale, [&](const std::vector<float>& out, const std::vector<float>& lse, int threads) {
+          ASSERT_LE(rel_err(out, ref), 1e-5f) << shape_text(in.shape, threads);
+          for (Index i = 0; i < m; ++i)
+            ASSERT_NEAR(lse[std::size_t(i)], ref_lse[std::size_t(i)], 1e-5f * std::max(1.0f, std::abs(ref_lse[std::size_t(i)])))
+                << "lse row " << i << " of " << shape_text(in.shape, threads);
+        });
+      }
+}
+
+// Random data: the error must stay within what rounding the weights to bf16 allows. The query's
+// rounding is reproduced in the reference's input (bf16 of q * scale * log2 e, as the kernel
+// computes it), so what remains is each weight's relative error |rho_j| <= u = 2^-8 (plus 3e-6
+// for the exp2 polynomial). Then o~ = sum_j w_j r_j c_j / sum_j w_j r_j with r_j in
+// [1 - u', 1 + u'], so |o~ - o| <= ((1 + u') / (1 - u') - 1) max_j |c_j| ~ 2u' max|c|, and the
+// log-sum-exp moves by at most -log(1 - u').
+TEST(AbsorbedAttentionAmx, WithinTheBoundOfBf16Weights) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  const QShape qs[] = {{1, 1}, {1, 3}, {3, 7}, {1, 128}, {2, 64}};
+  const Index lens[] = {1, 7, 65, 300, 1000};
+  const std::pair<Index, Index> dims[] = {{20, 6}, {100, 12}, {512, 64}};
+  const float u = 1.0f / 256.0f + 3e-6f;
+  const float bound = (1.0f + u) / (1.0f - u) - 1.0f;
+  unsigned seed = 900;
+  for (auto [kv_lora, rope] : dims)
+    for (const QShape& q : qs)
+      for (Index len : lens) {
+        if (len < q.q_len || (q.q_len * q.heads > 3 && kv_lora > 20 && len == 1000)) continue;
+        const Inputs in = make_inputs(q.q_len, q.heads, kv_lora, rope, len, 0, seed++);
+        const float scale = kv_lora == 512 ? 1.0f / std::sqrt(192.0f) : 0.3f;
+        const float qscale = scale * 1.4426950408889634f;
+        Inputs rounded = in;
+        for (float& x : rounded.q_lat) x = float(bfloat16(x * qscale)) / qscale;
+        for (float& x : rounded.q_pe) x = float(bfloat16(x * qscale)) / qscale;
+        const Index m = in.shape.rows();
+        std::vector<float> ref(std::size_t(m * kv_lora)), ref_lse(static_cast<std::size_t>(m));
+        mla::reference::absorbed_attention(in.shape, rounded.q_lat.data(), rounded.q_pe.data(),
+                                           in.cache_b.data(), scale, ref.data(), ref_lse.data());
+        float max_c = 0.0f;
+        for (bfloat16 c : in.cache_b) max_c = std::max(max_c, std::abs(float(c)));
+        for_each_amx_run(in, scale, [&](const std::vector<float>& out, const std::vector<float>& lse, int threads) {
+          for (std::size_t i = 0; i < out.size(); ++i)
+            ASSERT_LE(std::abs(out[i] - ref[i]), bound * max_c + 1e-5f * max_c)
+                << "element " << i << " of " << shape_text(in.shape, threads);
+          for (Index i = 0; i < m; ++i)
+            ASSERT_NEAR(lse[std::size_t(i)], ref_lse[std::size_t(i)], -std::log1p(-u) + 1e-5f * std::max(1.0f, std::abs(ref_lse[std::size_t(i)])))
+                << "lse row " << i << " of " << shape_text(in.shape, threads);
+        });
+      }
+}
+
+TEST(AbsorbedAttentionAmx, IdenticalScoresGiveTheMeanRow) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  // Zero query: every weight is exactly 1 (no rounding), o = mean of the visible rows.
+  const Index len = 300, q_len = 2, heads = 24, kv_lora = 100, rope = 12;
+  Inputs in = make_inputs(q_len, heads, kv_lora, rope, len, 3, 13);
+  std::fill(in.q_lat.begin(), in.q_lat.end(), 0.0f);
+  std::fill(in.q_pe.begin(), in.q_pe.end(), 0.0f);
+  for_each_amx_run(in, 1.0f, [&](const std::vector<float>& out, const std::vector<float>& lse, int threads) {
+    for (Index m = 0; m < q_len * heads; ++m) {
+      const Index visible = len - q_len + m / heads + 1;
+      ASSERT_NEAR(lse[std::size_t(m)], std::log(double(visible)), 1e-5) << threads;
+      for (Index d = 0; d < kv_lora; ++d) {
+        double mean = 0.0;
+        for (Index j = 0; j < visible; ++j) mean += float(in.cache_b[std::size_t(j * in.shape.row_stride + d)]);
+        mean /= double(visible);
+        ASSERT_NEAR(out[std::size_t(m * kv_lora + d)], mean, 1e-5) << "row " << m << " col " << d << " threads " << threads;
+      }
+    }
+  });
+}
+
+TEST(AbsorbedAttentionAmx, FloatCacheRunsTheAvx512Path) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  // kAmx changes only bf16 caches: a float cache gives the AVX-512 result bit for bit.
+  const Inputs in = make_inputs(1, 128, 512, 64, 300, 0, 21);
+  AbsorbedAttentionWorkspace ws;
+  std::vector<float> a(std::size_t(128 * 512)), b(a.size());
+  mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(), 0.07f,
+                                   a.data(), nullptr, ws, nullptr, KernelPath::kAmx);
+  mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(), 0.07f,
+                                   b.data(), nullptr, ws, nullptr, KernelPath::kAvx512);
+  EXPECT_EQ(a, b);
+}
+
+TEST(AbsorbedAttentionAmx, NoAllocationWithReservedWorkspace) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  mla::ThreadPool pool2(2);
+  const Inputs in = make_inputs(1, 128, 512, 64, 700, 0, 5);
+  AbsorbedAttentionWorkspace ws(128, 512, 64, 2);
+  const std::size_t bytes = ws.bytes();
+  std::vector<float> out(std::size_t(128 * 512)), lse(128);
+  // The first call may ask the OS for the tile state; count from the second.
+  mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_b.data(), 0.1f,
+                                   out.data(), lse.data(), ws, &pool2, KernelPath::kAmx);
+  for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
+    g_allocs = 0;
+    g_count_allocs = true;
+    mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_b.data(),
+                                     0.1f, out.data(), lse.data(), ws, pool, KernelPath::kAmx);
+    g_count_allocs = false;
+    EXPECT_EQ(g_allocs.load(), 0) << "threads " << mla::num_threads(pool);
+  }
+  EXPECT_EQ(ws.bytes(), bytes);
 }
 
 TEST(ThreadPool, RunsEveryTaskOnceOnValidThreads) {

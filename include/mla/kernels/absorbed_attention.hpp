@@ -22,8 +22,10 @@
 // float GEMMs. AVX512-BF16's vdpbf16ps would skip the widening but round the query and P to bf16,
 // and on Sapphire Rapids it issues at half the rate of a 512-bit FMA: the machine probe measured
 // 83-88 GFLOP/s for it against 165-177 for fp32 FMA on one core, so a kernel built on it could
-// reach at most half the speed of the widening one there. (AMX tiles are the bf16 engine of that
-// core; an AMX kernel is future work.)
+// reach at most half the speed of the widening one there. AMX tiles are the bf16 engine of that
+// core: KernelPath::kAmx runs a bf16 cache through them (absorbed_amx.hpp), rounding the query
+// and the softmax weights to bf16, 3-5x faster than the widening kernel on one core; kAuto
+// keeps the exact-in-float kernels.
 #pragma once
 
 #include <algorithm>
@@ -34,6 +36,7 @@
 #include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
+#include "mla/kernels/absorbed_amx.hpp"
 #include "mla/kernels/decode_common.hpp"
 
 namespace mla {
@@ -82,7 +85,7 @@ struct AbsorbedLayout {
   Index row_dim = 0;      // K = kv_lora + rope
   Index o_stride = 0;     // kv_lora rounded up to 16
   Index pass_rows16 = 0;  // min(M, kMlaRowsPerPass) rounded up to 16
-  float* q_packed = nullptr;  // [ceil(M / 16)][K][16], zero rows past M
+  float* q_packed = nullptr;  // [ceil(M / 16)][K][16], zero rows past M (AMX: amx_pack_query)
   float* part_o = nullptr;    // [max splits][M][o_stride] unnormalised split outputs
   float* part_max = nullptr;  // [max splits][M] running max (base-2 scores)
   float* part_sum = nullptr;  // [max splits][M] running sum of 2^(s - max)
@@ -100,8 +103,13 @@ struct AbsorbedLayout {
     per_thread.take(kMlaTileRows * round_up(row_dim, 8));  // bf16 tile widened to float
     per_thread.take(3 * pass_rows16);                   // running max, running sum, alpha
     scratch_stride = per_thread.used();
+    Index q_floats = round_up(m, kMlaPanel) * row_dim;
+    if (kernels::kHaveAmx) {  // the AMX form's query tiles and per-thread chunk buffers
+      scratch_stride = std::max(scratch_stride, amx_scratch_floats(pass_rows16, row_dim, kv_lora));
+      q_floats = std::max(q_floats, amx_query_floats(m, row_dim));
+    }
     FloatArena arena(base);
-    q_packed = arena.take(round_up(m, kMlaPanel) * row_dim);
+    q_packed = arena.take(q_floats);
     const Index splits = mla_max_splits(threads);
     part_o = arena.take(splits * m * o_stride);
     part_max = arena.take(splits * m);
@@ -513,6 +521,22 @@ struct MlaAvx512Ops : MlaAvx2Ops {
 };
 #endif
 
+#if defined(MLA_HAVE_AMX)
+/// kernels::KernelPath::kAmx: the AVX-512 operations, except that a bf16 cache runs the AMX form
+/// (absorbed_amx.hpp) instead of the float tile loop.
+struct MlaAmxOps : MlaAvx512Ops {};
+#endif
+
+/// True when `Ops` and the cache type select the AMX form.
+template <class Ops, class CacheScalar>
+constexpr bool uses_amx_form() {
+#if defined(MLA_HAVE_AMX)
+  return std::is_same_v<Ops, MlaAmxOps> && std::is_same_v<CacheScalar, bfloat16>;
+#else
+  return false;
+#endif
+}
+
 /// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
 template <class Ops, class CacheScalar>
 void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const float* q_lat,
@@ -525,8 +549,16 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
   const int threads = num_threads(pool);
   const AbsorbedLayout lay(workspace, m_rows, shape.kv_lora, shape.rope, threads);
 
-  mla_pack_query(q_lat, q_pe, m_rows, shape.kv_lora, shape.rope, softmax_scale * kLog2e,
-                 lay.q_packed);
+  constexpr bool kAmxForm = uses_amx_form<Ops, CacheScalar>();
+  if constexpr (kAmxForm) {
+#if defined(MLA_HAVE_AMX)
+    amx_pack_query(q_lat, q_pe, m_rows, shape.kv_lora, shape.rope, softmax_scale * kLog2e,
+                   reinterpret_cast<std::uint16_t*>(lay.q_packed));
+#endif
+  } else {
+    mla_pack_query(q_lat, q_pe, m_rows, shape.kv_lora, shape.rope, softmax_scale * kLog2e,
+                   lay.q_packed);
+  }
 
   const Index splits =
       std::max<Index>(1, std::min<Index>(mla_max_splits(threads), cache_len / kMlaMinRowsPerSplit));
@@ -542,6 +574,17 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
     const Index mc16 = round_up(mc, kMlaPanel);
     const Index j_begin = cache_len * split / splits;
     const Index j_end = cache_len * (split + 1) / splits;
+    if constexpr (kAmxForm) {
+#if defined(MLA_HAVE_AMX)
+      absorbed_amx_task(cache, shape.row_stride, shape.kv_lora, shape.rope,
+                        reinterpret_cast<const std::uint16_t*>(lay.q_packed), m0, mc,
+                        shape.num_heads, first_masked, j_begin, j_end,
+                        lay.scratch + thread * lay.scratch_stride,
+                        lay.part_o + (split * m_rows + m0) * lay.o_stride, lay.o_stride,
+                        lay.part_max + split * m_rows + m0, lay.part_sum + split * m_rows + m0);
+#endif
+      return;
+    }
 
     FloatArena scratch(lay.scratch + thread * lay.scratch_stride);
     float* st = scratch.take(kMlaTileRows * lay.pass_rows16);
@@ -594,7 +637,15 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
 /// Calls fn(Ops{}) with the tile operations of `path` (see kernels::KernelPath).
 template <class Fn>
 void with_mla_ops(kernels::KernelPath path, Fn&& fn) {
-  const kernels::KernelPath p = kernels::resolve_path(path);
+  const kernels::KernelPath p = kernels::resolve_path(path);  // throws if not compiled in
+#if defined(MLA_HAVE_AMX)
+  if (path == kernels::KernelPath::kAmx) {
+    MLA_CHECK_DATA(amx_tiles_granted(),
+                   "kernel path amx-bf16: the OS did not grant the AMX tile state "
+                   "(arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed; Linux >= 5.16 needed)");
+    return fn(MlaAmxOps{});
+  }
+#endif
 #if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
   if (p == kernels::KernelPath::kAvx512) return fn(MlaAvx512Ops{});
 #endif
@@ -649,7 +700,11 @@ class AbsorbedAttentionWorkspace {
 /// Shapes: q_lat [M, kv_lora], q_pe [M, rope], cache [>= cache_len rows, row_stride] (float or
 /// bfloat16), o_lat [M, kv_lora], lse [M]; M = q_len * num_heads, all row-major and contiguous.
 /// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
-/// Throws std::invalid_argument for inconsistent shapes or null pointers.
+/// `path` = KernelPath::kAmx (AMX builds) runs a bf16 cache on the AMX tile unit, with the query
+/// and the softmax weights rounded to bf16 (output error up to ~2^-7 max|c| beyond the float
+/// kernels'; see absorbed_amx.hpp); a float cache runs the AVX-512 kernel for it.
+/// Throws std::invalid_argument for inconsistent shapes, null pointers or a path not compiled
+/// in, std::runtime_error when the OS refuses the AMX tile state.
 template <class CacheScalar>
 void absorbed_attention(const AbsorbedAttentionShape& shape, const float* q_lat, const float* q_pe,
                         const CacheScalar* cache, float softmax_scale, float* o_lat, float* lse,

@@ -62,7 +62,14 @@ namespace kernels {
 /// lower one (the GEMM and GQA kernels stop at AVX2). Tests loop over compiled_paths() so every
 /// compiled level, the portable fallback included, is exercised on a machine that has them all.
 /// Asking for a level that is not compiled in throws std::invalid_argument.
-enum class KernelPath { kAuto, kPortable, kAvx2, kAvx512 };
+///
+/// kAmx is not a level of the same kind and kAuto never picks it: it is kAvx512 everywhere except
+/// in absorbed_attention over a bf16 cache, which then runs on the AMX tile unit (Sapphire Rapids
+/// and later; -mamx-tile -mamx-bf16, part of -march=native there) and rounds the query and the
+/// softmax weights to bf16 before the two products (float accumulation, ~8x the FMA rate; see
+/// absorbed_amx.hpp for the error this adds). It needs the OS to grant the AMX register state
+/// (Linux >= 5.16, arch_prctl); a refusal throws std::runtime_error.
+enum class KernelPath { kAuto, kPortable, kAvx2, kAvx512, kAmx };
 
 /// True when this translation unit was compiled with the AVX2+FMA kernels.
 #if defined(__AVX2__) && defined(__FMA__)
@@ -78,29 +85,47 @@ inline constexpr bool kHaveAvx512 = true;
 inline constexpr bool kHaveAvx512 = false;
 #endif
 
+/// True when it was also compiled with AMX-BF16 tiles (and AVX-512 BF16/BW for the conversions).
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
+    defined(__AVX512BW__) && defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define MLA_HAVE_AMX 1
+inline constexpr bool kHaveAmx = true;
+#else
+inline constexpr bool kHaveAmx = false;
+#endif
+
 /// The widest path compiled in.
 constexpr KernelPath widest_compiled_path() {
   return kHaveAvx512 ? KernelPath::kAvx512 : kHaveAvx2Fma ? KernelPath::kAvx2 : KernelPath::kPortable;
 }
 
-/// Its name, for benchmark reports: "avx512", "avx2+fma" or "portable".
+/// Its name, for benchmark reports: "amx-bf16", "avx512", "avx2+fma" or "portable".
 constexpr const char* path_name(KernelPath p) {
-  return p == KernelPath::kAvx512 ? "avx512"
+  return p == KernelPath::kAmx      ? "amx-bf16"
+         : p == KernelPath::kAvx512 ? "avx512"
          : p == KernelPath::kAvx2 ? "avx2+fma"
          : p == KernelPath::kPortable ? "portable"
                                       : "auto";
 }
 
-/// The concrete level `requested` stands for (kAuto -> the widest compiled in).
+/// The concrete level `requested` stands for (kAuto -> the widest compiled in; kAmx -> kAvx512,
+/// the level every kernel but the absorbed bf16 one runs for it).
 inline KernelPath resolve_path(KernelPath requested) {
   if (requested == KernelPath::kAuto) return widest_compiled_path();
+  if (requested == KernelPath::kAmx) {
+    MLA_CHECK_ARG(kHaveAmx, "kernel path amx-bf16 is not compiled in (widest: ",
+                  path_name(widest_compiled_path()),
+                  "); build with -mamx-tile -mamx-bf16 -mavx512bf16 (or -march=sapphirerapids)");
+    return KernelPath::kAvx512;
+  }
   MLA_CHECK_ARG(static_cast<int>(requested) <= static_cast<int>(widest_compiled_path()),
                 "kernel path ", path_name(requested), " is not compiled in (widest: ",
                 path_name(widest_compiled_path()), "); build with the matching -march");
   return requested;
 }
 
-/// Every concrete path compiled in, portable first.
+/// Every concrete full-precision path compiled in, portable first (kAmx, which rounds operands to
+/// bf16, is left out; its tests hold it to its own error bound).
 inline std::vector<KernelPath> compiled_paths() {
   std::vector<KernelPath> paths{KernelPath::kPortable};
   if (kHaveAvx2Fma) paths.push_back(KernelPath::kAvx2);

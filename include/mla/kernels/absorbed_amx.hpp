@@ -1,0 +1,454 @@
+// The AMX-BF16 form of absorbed-MLA decode attention over a bf16 latent cache
+// (kernels::KernelPath::kAmx; absorbed_attention.hpp holds the math, the float kernels and the
+// driver that calls this one).
+//
+// Sapphire Rapids' tile unit multiplies bf16 tiles at ~1000 FLOP per cycle per core (measured
+// here: ~1950 GFLOP/s on one core against ~175 for 512-bit fp32 FMA), with float accumulators.
+// One instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is row-major bf16
+// and B is stored in pairs along the reduction axis ("VNNI": B[k/2][n][k % 2]). The absorbed
+// decode step is two such GEMMs per chunk of cache rows, so the work is arranging the operands:
+// - Scores, transposed: S^T[t, m] = C[t, :] . Q[m, :]. A = the cache rows as they are (dense
+//   copy of the chunk, zero padded), B = the query in VNNI form, packed once per call. No
+//   shuffles of the cache at all.
+// - Softmax per query row m over the chunk, reading S^T with vectors over 16 rows m (no
+//   horizontal reductions). The weights P are rounded to bf16 and transposed to the A layout
+//   P[m, t] (16 x 16 dword transposes of the bf16 pairs); the row sums add the rounded weights,
+//   so the output is an exact convex combination of cache rows with the weights actually used.
+// - Output: O[m, :] += P[m, t] V[t, :] with B = the chunk's c_kv rows interleaved in pairs
+//   (V[2i][d], V[2i+1][d]), one vpermt2w per 16 output pairs, built while the chunk is copied.
+//   O lives in float in L2 and is the tiles' accumulator; rows whose running max moved are
+//   rescaled first (after the first chunks the max rarely moves, and those passes are skipped).
+//
+// Precision: the query (already scaled by softmax_scale * log2 e) and P are rounded to bf16
+// (unit roundoff u = 2^-8), products and sums are float. With |dq| <= u|q| a score moves by at
+// most u * sum_k |q_k c_k| (base 2), and each weight by a factor within 2^(+-that) * (1 +- u);
+// tests/kernels/test_absorbed_attention.cpp checks every output against this bound. That is the
+// trade every bf16 attention kernel makes (vdpbf16ps and AMX alike); kAuto never picks this path.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "mla/core/check.hpp"
+#include "mla/core/types.hpp"
+#include "mla/kernels/decode_common.hpp"
+
+#if defined(MLA_HAVE_AMX)
+#include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
+
+namespace mla {
+namespace internal {
+
+// Cache rows per softmax step of the AMX form (a multiple of 32, the reduction depth of one tile
+// product). Per thread a chunk holds its dense copy (256 x 576 bf16 = 288 KiB), the interleaved
+// c_kv (256 KiB), S^T (128 KiB for 128 query rows) and P (64 KiB), next to the query (144 KiB) and
+// O (256 KiB): ~1.1 MiB of the 2 MiB L2 of a Sapphire Rapids core.
+inline constexpr Index kAmxChunkRows = 256;
+
+/// One thread's scratch of the AMX form, in floats (sizes only when the arena has no base).
+struct AmxScratch {
+  float* st;        // S^T / softmax input [kAmxChunkRows][mp]
+  std::uint16_t* pa;  // P as A tiles [mp / 16][kAmxChunkRows / 32][16][32] bf16
+  std::uint16_t* cd;  // the chunk's rows, dense and zero padded [kAmxChunkRows][k32] bf16
+  std::uint16_t* vi;  // c_kv pairs as B tiles [kAmxChunkRows / 32][d16 / 16][16][32] bf16
+  float* o;         // output accumulator [mp][d16]
+  float* run_max;   // [mp]
+  float* run_sum;   // [mp]
+  float* alpha;     // [mp]
+  AmxScratch(FloatArena& arena, Index mp, Index k32, Index d16)
+      : st(arena.take(kAmxChunkRows * mp)),
+        pa(reinterpret_cast<std::uint16_t*>(arena.take(mp * kAmxChunkRows / 2))),
+        cd(reinterpret_cast<std::uint16_t*>(arena.take(kAmxChunkRows * k32 / 2))),
+        vi(reinterpret_cast<std::uint16_t*>(arena.take(kAmxChunkRows * d16 / 2))),
+        o(arena.take(mp * d16)),
+        run_max(arena.take(mp)),
+        run_sum(arena.take(mp)),
+        alpha(arena.take(mp)) {}
+};
+
+/// Floats of one thread's AMX scratch for up to `mp` (a multiple of 16) query rows.
+inline Index amx_scratch_floats(Index mp, Index k_dim, Index kv_lora) {
+  FloatArena sizer;
+  AmxScratch(sizer, mp, round_up(k_dim, 32), round_up(kv_lora, 16));
+  return sizer.used();
+}
+
+/// Floats of the query packed for the tiles: [M16 / 16][k32 / 32][16][32] bf16.
+inline Index amx_query_floats(Index m_rows, Index k_dim) {
+  return round_up(m_rows, 16) * round_up(k_dim, 32) / 2;
+}
+
+#if defined(MLA_HAVE_AMX)
+
+/// Asks the OS once per process for the AMX tile register state (Linux gates it behind
+/// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the grant covers every thread). Without
+/// it the first tile instruction would kill the process with SIGILL.
+inline bool amx_tiles_granted() {
+  static const bool granted = [] {
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return granted;
+}
+
+/// Every tile 16 rows x 64 bytes: tiles 0-3 accumulate, 4-5 hold A operands, 6-7 B operands.
+inline void amx_configure_tiles() {
+  struct alignas(64) Config {
+    std::uint8_t palette;
+    std::uint8_t start_row;
+    std::uint8_t reserved[14];
+    std::uint16_t colsb[16];
+    std::uint8_t rows[16];
+  } cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int i = 0; i < 8; ++i) {
+    cfg.colsb[i] = 64;
+    cfg.rows[i] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// GCC 12's forms of these intrinsics pass _mm512_undefined_ps() as the merge source, which its
+// -Wuninitialized flags wherever they are inlined (GCC bug 105593, fixed in 13); the zero-masking
+// forms with every lane selected compile to the same instructions without it.
+inline __m512 max_ps512(__m512 a, __m512 b) { return _mm512_maskz_max_ps(__mmask16(0xFFFF), a, b); }
+inline __m512 round_ps512(__m512 a) {
+  return _mm512_maskz_roundscale_ps(__mmask16(0xFFFF), a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline __m512 scalef_ps512(__m512 a, __m512 b) { return _mm512_maskz_scalef_ps(__mmask16(0xFFFF), a, b); }
+
+/// 2^x for x <= 0 (softmax weights), 0 below -200 and for -inf. x = n + f, |f| <= 1/2; 2^f by its
+/// degree-5 Taylor polynomial in f ln 2 (relative error < 2.5e-6, far below the bf16 rounding
+/// that follows), scaled by 2^n with vscalefps.
+inline __m512 exp2_avx512(__m512 x) {
+  x = max_ps512(x, _mm512_set1_ps(-200.0f));
+  const __m512 n = round_ps512(x);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.3333558146428443e-03f);  // ln2^5 / 5!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129107628477e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return scalef_ps512(p, n);
+}
+
+/// In-register transpose of 16 x 16 32-bit elements: r[i] lane j <- r[j] lane i.
+inline void transpose16_epi32(__m512i* r) {
+  __m512i t[16], u[16];
+  MLA_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i + 3.
+  MLA_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  MLA_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    const __m512i v_even = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);  // lanes 0, 2 of both
+    const __m512i v_odd = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);   // lanes 1, 3
+    const __m512i w_even = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512i w_odd = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xdd);
+    r[j] = _mm512_shuffle_i32x4(v_even, w_even, 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(v_even, w_even, 0xdd);
+    r[4 + j] = _mm512_shuffle_i32x4(v_odd, w_odd, 0x88);
+    r[12 + j] = _mm512_shuffle_i32x4(v_odd, w_odd, 0xdd);
+  }
+}
+
+/// Packs [q_lat | q_pe] * qscale as bf16 B tiles: tile (mt, kb) row i holds, for the 16 query
+/// rows n of tile mt, the pair (Q[n][kb * 32 + 2i], Q[n][kb * 32 + 2i + 1]). Zero past M and K.
+/// Each query row's 32 values of a k block are rounded to 16 bf16 pairs (one dword each), and a
+/// 16 x 16 dword transpose turns the 16 rows into the tile.
+inline void amx_pack_query(const float* q_lat, const float* q_pe, Index m_rows, Index kv_lora,
+                           Index rope, float qscale, std::uint16_t* qv) {
+  const Index k_dim = kv_lora + rope;
+  const Index kblocks = round_up(k_dim, 32) / 32;
+  const Index mtiles = round_up(m_rows, 16) / 16;
+  const __m512 vs = _mm512_set1_ps(qscale);
+  alignas(64) float row[32];
+  for (Index mt = 0; mt < mtiles; ++mt)
+    for (Index kb = 0; kb < kblocks; ++kb) {
+      __m512i x[16];
+      const Index k0 = kb * 32;
+      for (int n = 0; n < 16; ++n) {
+        const Index m = mt * 16 + n;
+        const float* src = row;
+        if (m < m_rows && k0 + 32 <= kv_lora) {
+          src = q_lat + m * kv_lora + k0;
+        } else if (m < m_rows && k0 >= kv_lora && k0 + 32 <= k_dim) {
+          src = q_pe + m * rope + (k0 - kv_lora);
+        } else {  // a block across the q_lat / q_pe border, past K or past M
+          for (Index j = 0; j < 32; ++j) {
+            const Index k = k0 + j;
+            row[j] = m >= m_rows || k >= k_dim ? 0.0f
+                     : k < kv_lora             ? q_lat[m * kv_lora + k]
+                                               : q_pe[m * rope + k - kv_lora];
+          }
+        }
+        const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(src), vs);
+        const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(src + 16), vs);
+        x[n] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // bf16 of row[0 .. 32) in order
+      }
+      transpose16_epi32(x);
+      std::uint16_t* tile = qv + (mt * kblocks + kb) * 512;
+      for (int i = 0; i < 16; ++i) _mm512_store_si512(tile + i * 32, x[i]);
+    }
+}
+
+/// Copies the first kv_lora columns of cache rows [0, tn) of a chunk, paired row by row, into the
+/// B tiles vi (rows past tn as zeros), and when `dense` all k_dim columns into the dense buffer cd
+/// ([tn32][k32], zero padded) that the scores then read instead of the cache.
+inline void amx_stage_chunk(const bfloat16* rows, Index stride, Index tn, Index k_dim, Index kv_lora,
+                            Index k32, Index d16, bool dense, std::uint16_t* cd, std::uint16_t* vi) {
+  const Index tn32 = round_up(tn, 32);
+  const Index dtiles = d16 / 16;
+  const auto* src = reinterpret_cast<const std::uint16_t*>(rows);
+  // Word i of out_lo / out_hi: a[i / 2] or b[i / 2] (lo), the same from lane 16 on (hi).
+  alignas(64) std::uint16_t lo_idx[32], hi_idx[32];
+  for (int i = 0; i < 16; ++i) {
+    lo_idx[2 * i] = std::uint16_t(i);
+    lo_idx[2 * i + 1] = std::uint16_t(32 + i);
+    hi_idx[2 * i] = std::uint16_t(16 + i);
+    hi_idx[2 * i + 1] = std::uint16_t(48 + i);
+  }
+  const __m512i ilo = _mm512_load_si512(lo_idx);
+  const __m512i ihi = _mm512_load_si512(hi_idx);
+  for (Index pair = 0; pair < tn32 / 2; ++pair) {
+    const Index r0 = 2 * pair, r1 = 2 * pair + 1;
+    std::uint16_t* vrow = vi + (pair / 16) * dtiles * 512 + (pair % 16) * 32;
+    for (Index c = 0; c < (dense ? k32 : d16); c += 32) {
+      const Index n = std::clamp<Index>(k_dim - c, 0, 32);
+      const __mmask32 mk = n == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1u);
+      const __m512i a = r0 < tn ? _mm512_maskz_loadu_epi16(mk, src + r0 * stride + c) : _mm512_setzero_si512();
+      const __m512i b = r1 < tn ? _mm512_maskz_loadu_epi16(mk, src + r1 * stride + c) : _mm512_setzero_si512();
+      if (dense) {
+        _mm512_store_si512(cd + r0 * k32 + c, a);
+        _mm512_store_si512(cd + r1 * k32 + c, b);
+      }
+      if (c < d16) {
+        const Index nv = std::clamp<Index>(kv_lora - c, 0, 32);
+        const __mmask32 mv = nv == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << nv) - 1u);
+        const __m512i av = _mm512_maskz_mov_epi16(mv, a);
+        const __m512i bv = _mm512_maskz_mov_epi16(mv, b);
+        const Index dt = c / 16;
+        _mm512_store_si512(vrow + dt * 512, _mm512_permutex2var_epi16(av, ilo, bv));
+        if (dt + 1 < dtiles) _mm512_store_si512(vrow + (dt + 1) * 512, _mm512_permutex2var_epi16(av, ihi, bv));
+      }
+    }
+  }
+}
+
+/// S^T rows [t, t + 16 NT) x query tiles [mt, mt + NM) of a chunk: A = cache rows (`astride`
+/// elements apart), B = the packed query; the float tiles go to st (row stride lds floats).
+template <int NT, int NM>
+MLA_NOINLINE void amx_scores_block(const std::uint16_t* cd, Index astride, const std::uint16_t* qv,
+                                   Index kblocks, float* st, Index lds) {
+  _tile_zero(0);
+  if (NM > 1) _tile_zero(1);
+  if (NT > 1) _tile_zero(2);
+  if (NT > 1 && NM > 1) _tile_zero(3);
+  const Index abytes = astride * 2;
+  for (Index kb = 0; kb < kblocks; ++kb) {
+    _tile_loadd(4, cd + kb * 32, abytes);
+    _tile_loadd(6, qv + kb * 512, 64);
+    if (NM > 1) _tile_loadd(7, qv + (kblocks + kb) * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (NM > 1) _tile_dpbf16ps(1, 4, 7);
+    if (NT > 1) {
+      _tile_loadd(5, cd + 16 * astride + kb * 32, abytes);
+      _tile_dpbf16ps(2, 5, 6);
+      if (NM > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, st, lds * 4);
+  if (NM > 1) _tile_stored(1, st + 16, lds * 4);
+  if (NT > 1) _tile_stored(2, st + 16 * lds, lds * 4);
+  if (NT > 1 && NM > 1) _tile_stored(3, st + 16 * lds + 16, lds * 4);
+}
+
+/// O tiles [mt, mt + NM) x [dt, dt + ND) += P[m, 0 : tn32] V[0 : tn32, d] over the chunk's P and
+/// interleaved c_kv tiles; O (row stride ldo floats) is loaded into and stored from the tiles.
+template <int NM, int ND>
+MLA_NOINLINE void amx_output_block(const std::uint16_t* pa, Index pa_mstride, const std::uint16_t* vi,
+                                   Index vi_tstride, Index tblocks, float* o, Index ldo) {
+  const Index ob = ldo * 4;
+  _tile_loadd(0, o, ob);
+  if (ND > 1) _tile_loadd(1, o + 16, ob);
+  if (NM > 1) _tile_loadd(2, o + 16 * ldo, ob);
+  if (NM > 1 && ND > 1) _tile_loadd(3, o + 16 * ldo + 16, ob);
+  for (Index tb = 0; tb < tblocks; ++tb) {
+    _tile_loadd(4, pa + tb * 512, 64);
+    _tile_loadd(6, vi + tb * vi_tstride, 64);
+    if (ND > 1) _tile_loadd(7, vi + tb * vi_tstride + 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (ND > 1) _tile_dpbf16ps(1, 4, 7);
+    if (NM > 1) {
+      _tile_loadd(5, pa + pa_mstride + tb * 512, 64);
+      _tile_dpbf16ps(2, 5, 6);
+      if (ND > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, o, ob);
+  if (ND > 1) _tile_stored(1, o + 16, ob);
+  if (NM > 1) _tile_stored(2, o + 16 * ldo, ob);
+  if (NM > 1 && ND > 1) _tile_stored(3, o + 16 * ldo + 16, ob);
+}
+
+/// Online softmax over a chunk's S^T ([tn rows][lds], query rows in columns) for query tile mt:
+/// updates run_max / run_sum, writes alpha, and writes P (bf16, rows t >= tn zero) as the A
+/// tiles pa[tb] ([16 m][32 t] each).
+inline void amx_softmax_tile(const float* st, Index lds, Index tn, Index tn32, float* run_max,
+                             float* run_sum, float* alpha, std::uint16_t* pa) {
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 tile_max = neg_inf;
+  for (Index t = 0; t < tn; ++t) tile_max = max_ps512(tile_max, _mm512_load_ps(st + t * lds));
+  const __m512 old_max = _mm512_load_ps(run_max);
+  const __m512 new_max = max_ps512(old_max, tile_max);
+  // A row that has seen only masked scores keeps max -inf; subtract 0 instead to avoid NaN.
+  const __m512 safe = _mm512_mask_mov_ps(new_max, _mm512_cmp_ps_mask(new_max, neg_inf, _CMP_EQ_OQ),
+                                         _mm512_setzero_ps());
+  // Word 2m of a pair: row 2i's weight for query m; word 2m + 1: row 2i + 1's.
+  alignas(64) std::uint16_t pair_idx[32];
+  for (int m = 0; m < 16; ++m) {
+    pair_idx[2 * m] = std::uint16_t(m);
+    pair_idx[2 * m + 1] = std::uint16_t(16 + m);
+  }
+  const __m512i pidx = _mm512_load_si512(pair_idx);
+  __m512 sum = _mm512_setzero_ps();
+  for (Index tb = 0; tb < tn32 / 32; ++tb) {
+    __m512i x[16];
+    MLA_UNROLL
+    for (int i = 0; i < 16; ++i) {
+      __m256i h[2];
+      MLA_UNROLL
+      for (int e = 0; e < 2; ++e) {
+        const Index t = tb * 32 + 2 * i + e;
+        const __m512 s = t < tn ? _mm512_load_ps(st + t * lds) : neg_inf;
+        h[e] = (__m256i)_mm512_cvtneps_pbh(exp2_avx512(_mm512_sub_ps(s, safe)));
+        // Sum the rounded weights: bf16 -> float is a 16-bit shift.
+        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h[e]), 16)));
+      }
+      x[i] = _mm512_permutexvar_epi16(pidx, _mm512_inserti64x4(_mm512_zextsi256_si512(h[0]), h[1], 1));
+    }
+    transpose16_epi32(x);  // x[m] = the 32 weights of query row m, pairs of rows in order
+    std::uint16_t* tile = pa + tb * 512;
+    MLA_UNROLL
+    for (int m = 0; m < 16; ++m) _mm512_store_si512(tile + m * 32, x[m]);
+  }
+  const __m512 a = exp2_avx512(_mm512_sub_ps(old_max, safe));
+  _mm512_store_ps(alpha, a);
+  _mm512_store_ps(run_sum, _mm512_fmadd_ps(_mm512_load_ps(run_sum), a, sum));
+  _mm512_store_ps(run_max, new_max);
+}
+
+/// One split of the AMX form: query rows [m0, m0 + mc) (mc <= 128, qv their packed tiles) over
+/// cache rows [j_begin, j_end). Writes the split's unnormalised O ([mc][ldo]), max and sum.
+/// `first_masked` / `num_heads` / `q_len` apply the causal rule as the float driver does.
+inline void absorbed_amx_task(const bfloat16* cache, Index row_stride, Index kv_lora, Index rope,
+                              const std::uint16_t* qv, Index m0, Index mc, Index num_heads,
+                              Index first_masked, Index j_begin, Index j_end, float* scratch_base,
+                              float* o_out, Index ldo, float* max_out, float* sum_out) {
+  const Index k_dim = kv_lora + rope;
+  const Index k32 = round_up(k_dim, 32);
+  const Index kblocks = k32 / 32;
+  const Index d16 = round_up(kv_lora, 16);
+  const Index dtiles = d16 / 16;
+  const Index mp = round_up(mc, 16);
+  const Index mtiles = mp / 16;
+  FloatArena arena(scratch_base);
+  const AmxScratch s(arena, mp, k32, d16);
+  std::fill(s.o, s.o + mp * d16, 0.0f);
+  std::fill(s.run_max, s.run_max + mp, -std::numeric_limits<float>::infinity());
+  std::fill(s.run_sum, s.run_sum + mp, 0.0f);
+  const Index pa_mstride = kAmxChunkRows / 32 * 512;  // one query tile's P tiles
+  const Index vi_tstride = dtiles * 512;              // one 32-row block's c_kv tiles
+  const std::uint16_t* qv_pass = qv + (m0 / 16) * kblocks * 512;
+
+  amx_configure_tiles();
+  for (Index t0 = j_begin; t0 < j_end; t0 += kAmxChunkRows) {
+    const Index tn = std::min(kAmxChunkRows, j_end - t0);
+    const Index tn16 = round_up(tn, 16);
+    const Index tn32 = round_up(tn, 32);
+    // Whole 32-row chunks of whole k blocks feed the scores straight from the cache; otherwise
+    // (the last chunk, or k_dim not a multiple of 32) from a zero-padded copy.
+    const bool dense = tn % 32 != 0 || k_dim != k32;
+    const std::uint16_t* arows = dense ? s.cd : reinterpret_cast<const std::uint16_t*>(cache + t0 * row_stride);
+    const Index astride = dense ? k32 : row_stride;
+    amx_stage_chunk(cache + t0 * row_stride, row_stride, tn, k_dim, kv_lora, k32, d16, dense, s.cd, s.vi);
+
+    for (Index t = 0; t < tn16; t += 32) {
+      const bool two_t = t + 16 < tn16;
+      for (Index mt = 0; mt < mtiles; mt += 2) {
+        const bool two_m = mt + 1 < mtiles;
+        const std::uint16_t* a = arows + t * astride;
+        const std::uint16_t* b = qv_pass + mt * kblocks * 512;
+        float* dst = s.st + t * mp + mt * 16;
+        if (two_t && two_m) amx_scores_block<2, 2>(a, astride, b, kblocks, dst, mp);
+        else if (two_t) amx_scores_block<2, 1>(a, astride, b, kblocks, dst, mp);
+        else if (two_m) amx_scores_block<1, 2>(a, astride, b, kblocks, dst, mp);
+        else amx_scores_block<1, 1>(a, astride, b, kblocks, dst, mp);
+      }
+    }
+    if (t0 + tn > first_masked) {
+      for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)
+        for (Index i = 0; i < mc; ++i)
+          if (t0 + t >= first_masked + (m0 + i) / num_heads)
+            s.st[t * mp + i] = -std::numeric_limits<float>::infinity();
+    }
+    for (Index mt = 0; mt < mtiles; ++mt)
+      amx_softmax_tile(s.st + mt * 16, mp, tn, tn32, s.run_max + mt * 16, s.run_sum + mt * 16,
+                       s.alpha + mt * 16, s.pa + mt * pa_mstride);
+    for (Index i = 0; i < mp; ++i) {
+      const float a = s.alpha[i];
+      if (a == 1.0f) continue;
+      float* orow = s.o + i * d16;
+      const __m512 va = _mm512_set1_ps(a);
+      for (Index d = 0; d < d16; d += 16) _mm512_store_ps(orow + d, _mm512_mul_ps(va, _mm512_load_ps(orow + d)));
+    }
+    const Index tblocks = tn32 / 32;
+    for (Index mt = 0; mt < mtiles; mt += 2) {
+      const bool two_m = mt + 1 < mtiles;
+      for (Index dt = 0; dt < dtiles; dt += 2) {
+        const bool two_d = dt + 1 < dtiles;
+        const std::uint16_t* a = s.pa + mt * pa_mstride;
+        const std::uint16_t* b = s.vi + dt * 512;
+        float* o = s.o + mt * 16 * d16 + dt * 16;
+        if (two_m && two_d) amx_output_block<2, 2>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
+        else if (two_m) amx_output_block<2, 1>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
+        else if (two_d) amx_output_block<1, 2>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
+        else amx_output_block<1, 1>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
+      }
+    }
+  }
+  _tile_release();
+  for (Index i = 0; i < mc; ++i) {
+    std::copy(s.o + i * d16, s.o + i * d16 + kv_lora, o_out + i * ldo);
+    max_out[i] = s.run_max[i];
+    sum_out[i] = s.run_sum[i];
+  }
+}
+
+#endif  // MLA_HAVE_AMX
+
+}  // namespace internal
+}  // namespace mla

@@ -6,8 +6,9 @@
 //           gqa                  Qwen2.5-72B: 64 query heads over 8 KV heads x 128 (hidden 8192)
 //           mla_absorbed         DeepSeek-V3: 128 heads, latent cache c_kv 512 + k_pe 64,
 //                                attention in latent space (W_UK / W_UV absorbed)
-//           mla_absorbed_amx     the same on the AMX tile unit (KernelPath::kAmx: query and softmax
-//                                weights rounded to bf16): core part, bf16 cache, AMX builds only
+//           mha_amx, gqa_amx,    mha, gqa and mla_absorbed on the AMX tile unit (KernelPath::kAmx:
+//           mla_absorbed_amx     query and softmax weights rounded to bf16): core part, bf16
+//                                cache, AMX builds only
 //           mla_naive_recompute  DeepSeek-V3, same latent cache, K/V recomputed from it each step
 //           mla_naive_cached     DeepSeek-V3 with a decompressed cache, 128 heads x (192 + 128)
 //   part    core     attention only: query already projected, cache filled with L rows; the step
@@ -27,7 +28,8 @@
 // again before each benchmark, keeping the maximum: on a shared machine load only lowers it): for
 // the compute-bound MLA paths that is the % of the FMA peak, for the memory-bound MHA, GQA and
 // decompressed-cache steps the % of read bandwidth (a cache that fits in L3 can exceed 100%);
-// mla_absorbed_amx is held to the AMX tile peak (tdpbf16ps) the probe measures instead.
+// the *_amx variants are held to the AMX tile peak (tdpbf16ps) the probe measures instead of
+// the FMA peak (for mha_amx and gqa_amx the read bandwidth still bounds the step).
 // Layers add their weights (float) to the bytes. mla_absorbed also gets speedup_vs_recompute and
 // speedup_vs_cached: the naive variant's time divided by its own, for the same part, type, L and
 // threads in this run (per repetition and for mean/median); absent where the naive one was not run.
@@ -81,7 +83,24 @@ namespace {
 
 using mla::Index;
 
-enum class Design { kMha, kGqa, kMlaAbsorbed, kMlaAbsorbedAmx, kMlaNaiveRecompute, kMlaNaiveCached };
+enum class Design {
+  kMha, kGqa, kMlaAbsorbed, kMlaNaiveRecompute, kMlaNaiveCached,
+  kMhaAmx, kGqaAmx, kMlaAbsorbedAmx  // the first three on the AMX tiles (KernelPath::kAmx)
+};
+
+bool is_amx(Design d) {
+  return d == Design::kMhaAmx || d == Design::kGqaAmx || d == Design::kMlaAbsorbedAmx;
+}
+/// The design an AMX variant computes (its shapes and FLOPs).
+Design base_design(Design d) {
+  return d == Design::kMhaAmx ? Design::kMha
+         : d == Design::kGqaAmx ? Design::kGqa
+         : d == Design::kMlaAbsorbedAmx ? Design::kMlaAbsorbed
+                                        : d;
+}
+mla::kernels::KernelPath path_of(Design d) {
+  return is_amx(d) ? mla::kernels::KernelPath::kAmx : mla::kernels::KernelPath::kAuto;
+}
 enum class Part { kCore, kLayer, kLayerBf16Weights, kPrefill };
 enum class CacheType { kF32, kBf16 };
 
@@ -91,6 +110,8 @@ const char* name_of(Design d) {
     case Design::kGqa: return "gqa";
     case Design::kMlaAbsorbed: return "mla_absorbed";
     case Design::kMlaAbsorbedAmx: return "mla_absorbed_amx";
+    case Design::kMhaAmx: return "mha_amx";
+    case Design::kGqaAmx: return "gqa_amx";
     case Design::kMlaNaiveRecompute: return "mla_naive_recompute";
     case Design::kMlaNaiveCached: return "mla_naive_cached";
   }
@@ -164,6 +185,7 @@ struct StepCost {
 };
 
 StepCost core_cost(Design d, Index L, std::size_t eb) {
+  d = base_design(d);
   const double lc = double(L + 1);
   const auto& c = v3();
   const double H = double(c.num_attention_heads), R = double(c.kv_lora_rank),
@@ -180,7 +202,6 @@ StepCost core_cost(Design d, Index L, std::size_t eb) {
       break;
     }
     case Design::kMlaAbsorbed:
-    case Design::kMlaAbsorbedAmx:
       s.flops = 2.0 * H * lc * (R + P) + 2.0 * H * lc * R;
       s.cache_bytes = lc * (R + P) * double(eb);
       break;
@@ -188,6 +209,8 @@ StepCost core_cost(Design d, Index L, std::size_t eb) {
       s.flops = 2.0 * lc * R * H * (N + V) + 2.0 * H * lc * (N + P + V);
       s.cache_bytes = lc * (R + P) * double(eb);
       s.weight_bytes = H * (N + V) * R * 4.0;  // kv_b_proj
+      break;
+    default:
       break;
   }
   return s;
@@ -317,8 +340,8 @@ struct Fixture {
 // Core: MHA / GQA / naive with decompressed cache through kernels::gqa_attention.
 template <class T>
 struct KvCoreFixture : Fixture {
-  KvCoreFixture(Design d, Index L) : len(L) {
-    const KvDims k = kv_dims(d);
+  KvCoreFixture(Design d, Index L) : path(path_of(d)), len(L) {
+    const KvDims k = kv_dims(base_design(d));
     cache = mla::KvCache<T>(k.kv_heads, k.head_dim, k.v_dim, L + 1);
     const Index row = k.kv_heads * (k.head_dim + k.v_dim);
     fill_rows(cache, L, row, 11, [&](mla::KvCache<T>& c, const float* src, Index n) {
@@ -345,10 +368,11 @@ struct KvCoreFixture : Fixture {
   void step(int threads) override {
     cache.append(k_new.data(), Index(k_new.size()), v_new.data(), Index(v_new.size()), 1);
     mla::kernels::gqa_attention(shape, q.data(), cache.k_head(0), cache.v_head(0), scale,
-                                out.data(), nullptr, ws[threads], &pool(threads));
+                                out.data(), nullptr, ws[threads], &pool(threads), path);
     cache.truncate(len);
     benchmark::DoNotOptimize(out.data());
   }
+  mla::kernels::KernelPath path;
   Index len;
   mla::KvCache<T> cache;
   mla::kernels::GqaAttentionShape shape;
@@ -370,7 +394,7 @@ template <class T>
 struct LatentCoreFixture : Fixture {
   LatentCoreFixture(Design d, Index L)
       : naive(d == Design::kMlaNaiveRecompute),
-        path(d == Design::kMlaAbsorbedAmx ? mla::kernels::KernelPath::kAmx : mla::kernels::KernelPath::kAuto),
+        path(path_of(d)),
         len(L) {
     const auto& c = v3();
     H = c.num_attention_heads;
@@ -670,7 +694,7 @@ void run_case(benchmark::State& state, const Case& c) {
   }
   const StepCost s = cost_of(c);
   const mla_bench::Limits lim = mla_bench::limits_for(g_peaks, c.threads, c.type == CacheType::kBf16,
-                                                      c.design == Design::kMlaAbsorbedAmx);
+                                                      is_amx(c.design));
   const double bound = mla_bench::roofline_seconds(s.flops, s.cache_bytes + s.weight_bytes, lim);
   using benchmark::Counter;
   state.counters["tok_s"] = Counter(s.tokens, Counter::kIsIterationInvariantRate);
@@ -682,8 +706,9 @@ void run_case(benchmark::State& state, const Case& c) {
 // ---- speed-up of absorbed over the naive paths, from runs of this process --------------------
 
 /// Remembers the naive runs' times and adds speedup_vs_recompute / speedup_vs_cached to the
-/// matching mla_absorbed and mla_absorbed_amx runs (same part, type, L and threads; same repetition index, or the
-/// same mean/median aggregate). Registration puts the naive benchmarks first.
+/// matching mla_absorbed and mla_absorbed_amx runs (same part, type, L and threads; same
+/// repetition index, or the same mean/median aggregate). Registration puts the naive benchmarks
+/// first.
 class SpeedupTable {
  public:
   void augment(std::vector<benchmark::BenchmarkReporter::Run>& runs) {
@@ -826,10 +851,10 @@ void register_all(const Options& o) {
       for (CacheType t : o.types)
         for (Index L : o.contexts)
           for (Design d : {Design::kMha, Design::kGqa, mla_order[0], mla_order[1], mla_order[2],
-                           Design::kMlaAbsorbedAmx})
+                           Design::kMhaAmx, Design::kGqaAmx, Design::kMlaAbsorbedAmx})
             for (int th : o.threads) {
-              if (d == Design::kMlaAbsorbedAmx && (t != CacheType::kBf16 || !mla::kernels::kHaveAmx))
-                continue;
+              // The AMX variants: bf16 caches of AMX builds only.
+              if (is_amx(d) && (t != CacheType::kBf16 || !mla::kernels::kHaveAmx)) continue;
               if (o.no_skip || !skipped_by_default(d, L)) add({d, part, t, L, th});
             }
     } else if (part == Part::kLayer || part == Part::kLayerBf16Weights) {

@@ -18,7 +18,7 @@
 
 #include <time.h>
 
-#include "mla/kernels/absorbed_amx.hpp"  // AMX tile set-up and the OS grant, for the tile probe
+#include "mla/kernels/amx_attention.hpp"  // AMX tile set-up and the OS grant, for the tile probe
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 #include <random>
@@ -227,6 +228,121 @@ TEST(GqaAttention, RejectsBadShapes) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("num_heads (4)"), std::string::npos) << e.what();
   }
+}
+
+// ---- The AMX-BF16 path (KernelPath::kAmx, bf16 cache): see amx_attention.hpp ----
+
+template <class Check>
+void for_each_amx_run(const Inputs& in, float scale, Check&& check) {
+  mla::ThreadPool pool1(1), pool2(2);
+  GqaAttentionWorkspace ws;
+  const std::size_t rows = std::size_t(in.shape.q_len * in.shape.num_heads);
+  for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, &pool2}) {
+    std::vector<float> out(rows * std::size_t(in.shape.v_dim), NAN), lse(rows, NAN);
+    mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_b.data(), in.v_b.data(), scale,
+                                out.data(), lse.data(), ws, pool, KernelPath::kAmx);
+    const GqaAttentionShape& s = in.shape;
+    check(out, lse, ::testing::PrintToString(std::vector<Index>{
+                        s.q_len, s.num_heads, s.num_kv_heads, s.head_dim, s.v_dim, s.cache_len,
+                        Index(mla::num_threads(pool))}));
+  }
+}
+
+// Integer base-2 scores (a query of 0s and 1s times scale * log2 e = 1, K and V in {-1, 0, 1}):
+// every weight is a power of two and nothing is rounded, so the AMX path must match the float64
+// reference to float accuracy.
+TEST(GqaAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  const float scale = 1.0f / 1.4426950408889634f;
+  const Heads hs[] = {{1, 1}, {4, 4}, {8, 2}, {9, 3}, {16, 2}, {64, 8}};
+  const Index lens[] = {1, 2, 31, 33, 255, 256, 257, 700};
+  const std::pair<Index, Index> dims[] = {{20, 20}, {13, 29}, {128, 128}};
+  unsigned seed = 700;
+  for (auto [head_dim, v_dim] : dims)
+    for (const Heads& h : hs)
+      for (Index q_len : {1, 3})
+        for (Index len : lens) {
+          if (len < q_len || (h.heads > 16 && head_dim != 128)) continue;
+          Inputs in = make_inputs(q_len, h.heads, h.kv_heads, head_dim, v_dim, len, seed % 2 == 0 ? 3 : 0, seed);
+          ++seed;
+          std::mt19937 rng(seed);
+          std::uniform_int_distribution<int> pick(-1, 1);
+          for (float& x : in.q) x = 0.0f;
+          for (Index r = 0; r < q_len * h.heads; ++r)
+            for (int i = 0; i < 6; ++i) in.q[std::size_t(r * head_dim) + rng() % std::uint32_t(head_dim)] = 1.0f;
+          for (auto& x : in.k_b) x = bfloat16(float(pick(rng)));
+          for (auto& x : in.v_b) x = bfloat16(float(pick(rng)));
+          const std::size_t rows = std::size_t(q_len * h.heads);
+          std::vector<float> ref(rows * std::size_t(v_dim)), ref_lse(rows);
+          mla::reference::gqa_attention(in.shape, in.q.data(), in.k_b.data(), in.v_b.data(), scale,
+                                        ref.data(), ref_lse.data());
+          for_each_amx_run(in, scale, [&](const std::vector<float>& out, const std::vector<float>& lse, const std::string& what) {
+            ASSERT_LE(rel_err(out, ref), 1e-5f) << what;
+            for (std::size_t i = 0; i < rows; ++i)
+              ASSERT_NEAR(lse[i], ref_lse[i], 1e-5f * std::max(1.0f, std::abs(ref_lse[i]))) << "lse " << i << " " << what;
+          });
+        }
+}
+
+// Random data, the query's bf16 rounding reproduced in the reference's input: what remains is
+// each weight's rounding to bf16, |o~ - o| <= ((1 + u') / (1 - u') - 1) max|v| with u' = 2^-8 +
+// 3e-6 (exp2 polynomial), and the log-sum-exp within -log(1 - u').
+TEST(GqaAttentionAmx, WithinTheBoundOfBf16Weights) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  const Heads hs[] = {{1, 1}, {8, 2}, {9, 3}, {64, 8}};
+  const Index lens[] = {1, 7, 97, 300, 1000};
+  const std::pair<Index, Index> dims[] = {{13, 29}, {128, 128}};
+  const float u = 1.0f / 256.0f + 3e-6f;
+  const float bound = (1.0f + u) / (1.0f - u) - 1.0f;
+  unsigned seed = 800;
+  for (auto [head_dim, v_dim] : dims)
+    for (const Heads& h : hs)
+      for (Index q_len : {1, 2})
+        for (Index len : lens) {
+          if (len < q_len) continue;
+          const Inputs in = make_inputs(q_len, h.heads, h.kv_heads, head_dim, v_dim, len, 0, seed++);
+          const float scale = 1.0f / std::sqrt(float(head_dim));
+          const float qscale = scale * 1.4426950408889634f;
+          std::vector<float> q_rounded = in.q;
+          for (float& x : q_rounded) x = float(bfloat16(x * qscale)) / qscale;
+          const std::size_t rows = std::size_t(q_len * h.heads);
+          std::vector<float> ref(rows * std::size_t(v_dim)), ref_lse(rows);
+          mla::reference::gqa_attention(in.shape, q_rounded.data(), in.k_b.data(), in.v_b.data(),
+                                        scale, ref.data(), ref_lse.data());
+          float max_v = 0.0f;
+          for (bfloat16 x : in.v_b) max_v = std::max(max_v, std::abs(float(x)));
+          for_each_amx_run(in, scale, [&](const std::vector<float>& out, const std::vector<float>& lse, const std::string& what) {
+            for (std::size_t i = 0; i < out.size(); ++i)
+              ASSERT_LE(std::abs(out[i] - ref[i]), bound * max_v + 1e-5f * max_v) << "element " << i << " of " << what;
+            for (std::size_t i = 0; i < rows; ++i)
+              ASSERT_NEAR(lse[i], ref_lse[i], -std::log1p(-u) + 1e-5f * std::max(1.0f, std::abs(ref_lse[i])))
+                  << "lse " << i << " " << what;
+          });
+        }
+}
+
+TEST(GqaAttentionAmx, FloatCacheAndNoAllocation) {
+  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  mla::ThreadPool pool2(2);
+  const Inputs in = make_inputs(2, 16, 2, 128, 128, 700, 0, 9);
+  GqaAttentionWorkspace ws(in.shape, 2);
+  const std::size_t bytes = ws.bytes();
+  std::vector<float> a(std::size_t(2 * 16 * 128)), b(a.size()), lse(32);
+  // kAmx leaves a float cache to the AVX2 kernels: the same result bit for bit.
+  mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_f.data(), in.v_f.data(), 0.1f, a.data(),
+                              nullptr, ws, nullptr, KernelPath::kAmx);
+  mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_f.data(), in.v_f.data(), 0.1f, b.data(),
+                              nullptr, ws, nullptr, KernelPath::kAvx512);
+  EXPECT_EQ(a, b);
+  for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
+    g_allocs = 0;
+    g_count_allocs = true;
+    mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_b.data(), in.v_b.data(), 0.1f, a.data(),
+                                lse.data(), ws, pool, KernelPath::kAmx);
+    g_count_allocs = false;
+    EXPECT_EQ(g_allocs.load(), 0) << "threads " << mla::num_threads(pool);
+  }
+  EXPECT_EQ(ws.bytes(), bytes);
 }
 
 }  // namespace

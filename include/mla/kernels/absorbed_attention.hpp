@@ -23,7 +23,7 @@
 // and on Sapphire Rapids it issues at half the rate of a 512-bit FMA: the machine probe measured
 // 83-88 GFLOP/s for it against 165-177 for fp32 FMA on one core, so a kernel built on it could
 // reach at most half the speed of the widening one there. AMX tiles are the bf16 engine of that
-// core: KernelPath::kAmx runs a bf16 cache through them (absorbed_amx.hpp), rounding the query
+// core: KernelPath::kAmx runs a bf16 cache through them (amx_attention.hpp), rounding the query
 // and the softmax weights to bf16, 3-5x faster than the widening kernel on one core; kAuto
 // keeps the exact-in-float kernels.
 #pragma once
@@ -36,7 +36,7 @@
 #include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
-#include "mla/kernels/absorbed_amx.hpp"
+#include "mla/kernels/amx_attention.hpp"
 #include "mla/kernels/decode_common.hpp"
 
 namespace mla {
@@ -523,7 +523,7 @@ struct MlaAvx512Ops : MlaAvx2Ops {
 
 #if defined(MLA_HAVE_AMX)
 /// kernels::KernelPath::kAmx: the AVX-512 operations, except that a bf16 cache runs the AMX form
-/// (absorbed_amx.hpp) instead of the float tile loop.
+/// (amx_attention.hpp) instead of the float tile loop.
 struct MlaAmxOps : MlaAvx512Ops {};
 #endif
 
@@ -576,12 +576,14 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
     const Index j_end = cache_len * (split + 1) / splits;
     if constexpr (kAmxForm) {
 #if defined(MLA_HAVE_AMX)
-      absorbed_amx_task(cache, shape.row_stride, shape.kv_lora, shape.rope,
-                        reinterpret_cast<const std::uint16_t*>(lay.q_packed), m0, mc,
-                        shape.num_heads, first_masked, j_begin, j_end,
-                        lay.scratch + thread * lay.scratch_stride,
-                        lay.part_o + (split * m_rows + m0) * lay.o_stride, lay.o_stride,
-                        lay.part_max + split * m_rows + m0, lay.part_sum + split * m_rows + m0);
+      // Score rows are the whole latent rows [c_kv | k_pe]; value rows their c_kv part.
+      const AmxAttentionRows rows{cache, shape.row_stride, k_dim, cache, shape.row_stride, d_dim,
+                                  m0, shape.num_heads, first_masked};
+      const auto* qv = reinterpret_cast<const std::uint16_t*>(lay.q_packed) +
+                       (m0 / 16) * (round_up(k_dim, 32) / 32) * 512;
+      amx_attention_task(rows, qv, mc, j_begin, j_end, lay.scratch + thread * lay.scratch_stride,
+                         lay.part_o + (split * m_rows + m0) * lay.o_stride, lay.o_stride,
+                         lay.part_max + split * m_rows + m0, lay.part_sum + split * m_rows + m0);
 #endif
       return;
     }
@@ -702,7 +704,7 @@ class AbsorbedAttentionWorkspace {
 /// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
 /// `path` = KernelPath::kAmx (AMX builds) runs a bf16 cache on the AMX tile unit, with the query
 /// and the softmax weights rounded to bf16 (output error up to ~2^-7 max|c| beyond the float
-/// kernels'; see absorbed_amx.hpp); a float cache runs the AVX-512 kernel for it.
+/// kernels'; see amx_attention.hpp); a float cache runs the AVX-512 kernel for it.
 /// Throws std::invalid_argument for inconsistent shapes, null pointers or a path not compiled
 /// in, std::runtime_error when the OS refuses the AMX tile state.
 template <class CacheScalar>

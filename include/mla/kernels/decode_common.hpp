@@ -67,7 +67,7 @@ namespace kernels {
 /// in absorbed_attention over a bf16 cache, which then runs on the AMX tile unit (Sapphire Rapids
 /// and later; -mamx-tile -mamx-bf16, part of -march=native there) and rounds the query and the
 /// softmax weights to bf16 before the two products (float accumulation, ~8x the FMA rate; see
-/// absorbed_amx.hpp for the error this adds). It needs the OS to grant the AMX register state
+/// amx_attention.hpp for the error this adds). It needs the OS to grant the AMX register state
 /// (Linux >= 5.16, arch_prctl); a refusal throws std::runtime_error.
 enum class KernelPath { kAuto, kPortable, kAvx2, kAvx512, kAmx };
 

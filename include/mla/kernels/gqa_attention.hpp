@@ -35,6 +35,7 @@
 #include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
+#include "mla/kernels/amx_attention.hpp"
 #include "mla/kernels/decode_common.hpp"
 
 namespace mla {
@@ -118,6 +119,13 @@ struct GqaLayout {
     FloatArena packed_form;
     GqaPackedScratch(packed_form, g8, head_dim, v_dim, wide_stride);
     scratch_stride = std::max(rows_form.used(), packed_form.used());
+    if (kernels::kHaveAmx) {  // the AMX form (bf16 cache, KernelPath::kAmx): see gqa_amx_task
+      FloatArena amx_form;
+      amx_form.take(g_rows * head_dim);
+      amx_form.take(amx_query_floats(g_rows, head_dim));
+      amx_form.take(amx_scratch_floats(round_up(g_rows, 16), head_dim, v_dim));
+      scratch_stride = std::max(scratch_stride, amx_form.used());
+    }
     const Index slots = num_kv_heads * threads;
     FloatArena arena(base);
     part_o = arena.take(slots * g_rows * o_stride);
@@ -601,6 +609,34 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
 }
 #endif
 
+#if defined(MLA_HAVE_AMX)
+/// kernels::KernelPath::kAmx: the AVX2 operations, except that a bf16 cache runs the AMX form.
+struct GqaAmxOps : GqaAvx2Ops {};
+
+/// Cache rows [j_begin, j_end) of one kv head on the AMX tiles (amx_attention.hpp): the head's
+/// g_rows query rows are gathered, packed as bf16 B tiles, and attend over its K and V rows.
+inline void gqa_amx_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay,
+                         const float* q, const bfloat16* kh, const bfloat16* vh, float qscale,
+                         Index head, Index j_begin, Index j_end, float* scratch_base, float* o,
+                         float* max_out, float* sum_out) {
+  const Index group = shape.group_size();
+  const Index g_rows = lay.g_rows;
+  FloatArena scratch(scratch_base);
+  float* qw = scratch.take(g_rows * shape.head_dim);
+  auto* qv = reinterpret_cast<std::uint16_t*>(scratch.take(amx_query_floats(g_rows, shape.head_dim)));
+  float* tiles = scratch.take(amx_scratch_floats(round_up(g_rows, 16), shape.head_dim, shape.v_dim));
+  // Row r of the head's block is token r / group, query head head * group + r % group.
+  for (Index r = 0; r < g_rows; ++r) {
+    const float* src = q + ((r / group) * shape.num_heads + head * group + r % group) * shape.head_dim;
+    std::copy(src, src + shape.head_dim, qw + r * shape.head_dim);
+  }
+  amx_pack_query(qw, nullptr, g_rows, shape.head_dim, 0, qscale, qv);
+  const AmxAttentionRows rows{kh, shape.head_dim, shape.head_dim, vh, shape.v_dim, shape.v_dim,
+                              0, group, shape.cache_len - shape.q_len + 1};
+  amx_attention_task(rows, qv, g_rows, j_begin, j_end, tiles, o, lay.o_stride, max_out, sum_out);
+}
+#endif
+
 /// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
 template <class Ops, class CacheScalar>
 void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
@@ -629,8 +665,15 @@ void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
     float* run_sum = lay.part_sum + task * g_rows;
     const CacheScalar* kh = k + head * shape.k_head_stride;
     const CacheScalar* vh = v + head * shape.v_head_stride;
+#if defined(MLA_HAVE_AMX)
+    if constexpr (std::is_same_v<Ops, GqaAmxOps> && std::is_same_v<CacheScalar, bfloat16>) {
+      gqa_amx_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end,
+                   lay.scratch + thread * lay.scratch_stride, o, run_max, run_sum);
+      return;
+    }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (std::is_same_v<Ops, GqaAvx2Ops>) {
+    if constexpr (std::is_base_of_v<GqaAvx2Ops, Ops>) {
       if (g_rows >= kGqaPackedMinRows) {
         gqa_packed_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end,
                         lay.scratch + thread * lay.scratch_stride, o, run_max, run_sum);
@@ -744,7 +787,17 @@ void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheSc
   MLA_CHECK_ARG(q != nullptr && k != nullptr && v != nullptr && out != nullptr,
                 "gqa attention: q, k, v and out must not be null");
   ws.reserve(shape, num_threads(pool));
-  const KernelPath resolved = resolve_path(path);
+  const KernelPath resolved = resolve_path(path);  // throws if not compiled in
+#if defined(MLA_HAVE_AMX)
+  if (path == KernelPath::kAmx) {
+    MLA_CHECK_DATA(internal::amx_tiles_granted(),
+                   "kernel path amx-bf16: the OS did not grant the AMX tile state "
+                   "(arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed; Linux >= 5.16 needed)");
+    internal::gqa_attention_run<internal::GqaAmxOps>(shape, q, k, v, softmax_scale, out, lse,
+                                                     ws.data(), pool);
+    return;
+  }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
   if (resolved != KernelPath::kPortable) {
     internal::gqa_attention_run<internal::GqaAvx2Ops>(shape, q, k, v, softmax_scale, out, lse,

@@ -1,29 +1,32 @@
-// The AMX-BF16 form of absorbed-MLA decode attention over a bf16 latent cache
-// (kernels::KernelPath::kAmx; absorbed_attention.hpp holds the math, the float kernels and the
-// driver that calls this one).
+// Decode attention on the AMX tile unit over a bf16 cache (kernels::KernelPath::kAmx): the
+// tile operations and one split's flash-decoding loop, shared by the absorbed-MLA kernel
+// (absorbed_attention.hpp: score rows = latent rows [c_kv | k_pe], value rows = their c_kv) and
+// the MHA/GQA kernel (gqa_attention.hpp: a kv head's K and V rows).
 //
 // Sapphire Rapids' tile unit multiplies bf16 tiles at ~1000 FLOP per cycle per core (measured
-// here: ~1950 GFLOP/s on one core against ~175 for 512-bit fp32 FMA), with float accumulators.
-// One instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is row-major bf16
-// and B is stored in pairs along the reduction axis ("VNNI": B[k/2][n][k % 2]). The absorbed
-// decode step is two such GEMMs per chunk of cache rows, so the work is arranging the operands:
-// - Scores, transposed: S^T[t, m] = C[t, :] . Q[m, :]. A = the cache rows as they are (dense
-//   copy of the chunk, zero padded), B = the query in VNNI form, packed once per call. No
-//   shuffles of the cache at all.
+// here: ~1950-2300 GFLOP/s on one core against ~170 for 512-bit fp32 FMA), with float
+// accumulators. One instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is
+// row-major bf16 and B is stored in pairs along the reduction axis ("VNNI": B[k/2][n][k % 2]).
+// A decode step is two such GEMMs per chunk of cache rows, so the work is arranging the operands:
+// - Scores, transposed: S^T[t, m] = K[t, :] . Q[m, :]. A = the cache rows as they are (or a
+//   zero-padded copy where a chunk or a row ends inside a tile), B = the query in VNNI form,
+//   packed once per call. No shuffles of the cache at all.
 // - Softmax per query row m over the chunk, reading S^T with vectors over 16 rows m (no
 //   horizontal reductions). The weights P are rounded to bf16 and transposed to the A layout
 //   P[m, t] (16 x 16 dword transposes of the bf16 pairs); the row sums add the rounded weights,
-//   so the output is an exact convex combination of cache rows with the weights actually used.
-// - Output: O[m, :] += P[m, t] V[t, :] with B = the chunk's c_kv rows interleaved in pairs
-//   (V[2i][d], V[2i+1][d]), one vpermt2w per 16 output pairs, built while the chunk is copied.
-//   O lives in float in L2 and is the tiles' accumulator; rows whose running max moved are
-//   rescaled first (after the first chunks the max rarely moves, and those passes are skipped).
+//   so the output is an exact convex combination of value rows with the weights actually used.
+// - Output: O[m, :] += P[m, t] V[t, :] with B = the chunk's value rows interleaved in pairs
+//   (V[2i][d], V[2i+1][d]), one vpermt2w per 16 output pairs. O lives in float in L2 and is the
+//   tiles' accumulator; rows whose running max moved are rescaled first (after the first chunks
+//   the max rarely moves, and those passes are skipped).
 //
 // Precision: the query (already scaled by softmax_scale * log2 e) and P are rounded to bf16
 // (unit roundoff u = 2^-8), products and sums are float. With |dq| <= u|q| a score moves by at
-// most u * sum_k |q_k c_k| (base 2), and each weight by a factor within 2^(+-that) * (1 +- u);
-// tests/kernels/test_absorbed_attention.cpp checks every output against this bound. That is the
-// trade every bf16 attention kernel makes (vdpbf16ps and AMX alike); kAuto never picks this path.
+// most u * sum_k |q_k k_k| (base 2), and each weight by a factor within 2^(+-that) * (1 +- u).
+// The tests (tests/kernels/test_absorbed_attention.cpp, test_gqa_attention.cpp) hold every
+// output to the weight part of that bound with the query's rounding reproduced, and to float
+// accuracy where every weight is a power of two. That is the trade every bf16 attention kernel
+// makes (vdpbf16ps and AMX alike); kAuto never picks this path.
 #pragma once
 
 #include <algorithm>
@@ -74,9 +77,9 @@ struct AmxScratch {
 };
 
 /// Floats of one thread's AMX scratch for up to `mp` (a multiple of 16) query rows.
-inline Index amx_scratch_floats(Index mp, Index k_dim, Index kv_lora) {
+inline Index amx_scratch_floats(Index mp, Index k_dim, Index v_dim) {
   FloatArena sizer;
-  AmxScratch(sizer, mp, round_up(k_dim, 32), round_up(kv_lora, 16));
+  AmxScratch(sizer, mp, round_up(k_dim, 32), round_up(v_dim, 16));
   return sizer.used();
 }
 
@@ -175,10 +178,11 @@ inline void transpose16_epi32(__m512i* r) {
   }
 }
 
-/// Packs [q_lat | q_pe] * qscale as bf16 B tiles: tile (mt, kb) row i holds, for the 16 query
-/// rows n of tile mt, the pair (Q[n][kb * 32 + 2i], Q[n][kb * 32 + 2i + 1]). Zero past M and K.
-/// Each query row's 32 values of a k block are rounded to 16 bf16 pairs (one dword each), and a
-/// 16 x 16 dword transpose turns the 16 rows into the tile.
+/// Packs the query rows Q = [q_lat | q_pe] * qscale (q_pe may be null when rope = 0) as bf16 B
+/// tiles: tile (mt, kb) row i holds, for the 16 query rows n of tile mt, the pair
+/// (Q[n][kb * 32 + 2i], Q[n][kb * 32 + 2i + 1]); zero past M and K. Each query row's 32 values of
+/// a k block are rounded to 16 bf16 pairs (one dword each), and a 16 x 16 dword transpose turns
+/// the 16 rows into the tile.
 inline void amx_pack_query(const float* q_lat, const float* q_pe, Index m_rows, Index kv_lora,
                            Index rope, float qscale, std::uint16_t* qv) {
   const Index k_dim = kv_lora + rope;
@@ -215,45 +219,59 @@ inline void amx_pack_query(const float* q_lat, const float* q_pe, Index m_rows, 
     }
 }
 
-/// Copies the first kv_lora columns of cache rows [0, tn) of a chunk, paired row by row, into the
-/// B tiles vi (rows past tn as zeros), and when `dense` all k_dim columns into the dense buffer cd
-/// ([tn32][k32], zero padded) that the scores then read instead of the cache.
-inline void amx_stage_chunk(const bfloat16* rows, Index stride, Index tn, Index k_dim, Index kv_lora,
-                            Index k32, Index d16, bool dense, std::uint16_t* cd, std::uint16_t* vi) {
-  const Index tn32 = round_up(tn, 32);
+/// 16-bit lane indices that interleave two rows a, b of 32 values into (a[i], b[i]) pairs:
+/// idx_lo covers i < 16, idx_hi i >= 16 (for vpermt2w, where index bit 5 selects b).
+struct PairInterleave {
+  __m512i lo, hi;
+  PairInterleave() {
+    alignas(64) std::uint16_t l[32], h[32];
+    for (int i = 0; i < 16; ++i) {
+      l[2 * i] = std::uint16_t(i);
+      l[2 * i + 1] = std::uint16_t(32 + i);
+      h[2 * i] = std::uint16_t(16 + i);
+      h[2 * i + 1] = std::uint16_t(48 + i);
+    }
+    lo = _mm512_load_si512(l);
+    hi = _mm512_load_si512(h);
+  }
+};
+
+/// First n (0..32) lanes of a 32 x 16-bit vector.
+inline __mmask32 first_words(Index n) {
+  return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1u);
+}
+
+/// Copies the first `cols` values of rows [0, tn) (`stride` apart) into dst ([tn32][ld], zeros
+/// past cols up to ld and in rows tn .. tn32): the zero-padded A operand of the scores.
+inline void amx_stage_dense(const bfloat16* rows, Index stride, Index tn, Index cols, Index ld,
+                            std::uint16_t* dst) {
+  const auto* src = reinterpret_cast<const std::uint16_t*>(rows);
+  for (Index r = 0; r < round_up(tn, 32); ++r)
+    for (Index c = 0; c < ld; c += 32) {
+      const __m512i x = r < tn ? _mm512_maskz_loadu_epi16(first_words(cols - c), src + r * stride + c)
+                               : _mm512_setzero_si512();
+      _mm512_store_si512(dst + r * ld + c, x);
+    }
+}
+
+/// Writes the first `cols` values of rows [0, tn) (`stride` apart), paired row by row, as the B
+/// tiles of the output product: tile (t / 32, d / 16) row i holds (V[2i][d], V[2i + 1][d]) for its
+/// 16 columns d; rows past tn and columns past cols (up to d16) are zero.
+inline void amx_stage_pairs(const bfloat16* rows, Index stride, Index tn, Index cols, Index d16,
+                            std::uint16_t* vi) {
   const Index dtiles = d16 / 16;
   const auto* src = reinterpret_cast<const std::uint16_t*>(rows);
-  // Word i of out_lo / out_hi: a[i / 2] or b[i / 2] (lo), the same from lane 16 on (hi).
-  alignas(64) std::uint16_t lo_idx[32], hi_idx[32];
-  for (int i = 0; i < 16; ++i) {
-    lo_idx[2 * i] = std::uint16_t(i);
-    lo_idx[2 * i + 1] = std::uint16_t(32 + i);
-    hi_idx[2 * i] = std::uint16_t(16 + i);
-    hi_idx[2 * i + 1] = std::uint16_t(48 + i);
-  }
-  const __m512i ilo = _mm512_load_si512(lo_idx);
-  const __m512i ihi = _mm512_load_si512(hi_idx);
-  for (Index pair = 0; pair < tn32 / 2; ++pair) {
+  const PairInterleave idx;
+  for (Index pair = 0; pair < round_up(tn, 32) / 2; ++pair) {
     const Index r0 = 2 * pair, r1 = 2 * pair + 1;
     std::uint16_t* vrow = vi + (pair / 16) * dtiles * 512 + (pair % 16) * 32;
-    for (Index c = 0; c < (dense ? k32 : d16); c += 32) {
-      const Index n = std::clamp<Index>(k_dim - c, 0, 32);
-      const __mmask32 mk = n == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1u);
-      const __m512i a = r0 < tn ? _mm512_maskz_loadu_epi16(mk, src + r0 * stride + c) : _mm512_setzero_si512();
-      const __m512i b = r1 < tn ? _mm512_maskz_loadu_epi16(mk, src + r1 * stride + c) : _mm512_setzero_si512();
-      if (dense) {
-        _mm512_store_si512(cd + r0 * k32 + c, a);
-        _mm512_store_si512(cd + r1 * k32 + c, b);
-      }
-      if (c < d16) {
-        const Index nv = std::clamp<Index>(kv_lora - c, 0, 32);
-        const __mmask32 mv = nv == 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << nv) - 1u);
-        const __m512i av = _mm512_maskz_mov_epi16(mv, a);
-        const __m512i bv = _mm512_maskz_mov_epi16(mv, b);
-        const Index dt = c / 16;
-        _mm512_store_si512(vrow + dt * 512, _mm512_permutex2var_epi16(av, ilo, bv));
-        if (dt + 1 < dtiles) _mm512_store_si512(vrow + (dt + 1) * 512, _mm512_permutex2var_epi16(av, ihi, bv));
-      }
+    for (Index c = 0; c < d16; c += 32) {
+      const __mmask32 m = first_words(cols - c);
+      const __m512i a = r0 < tn ? _mm512_maskz_loadu_epi16(m, src + r0 * stride + c) : _mm512_setzero_si512();
+      const __m512i b = r1 < tn ? _mm512_maskz_loadu_epi16(m, src + r1 * stride + c) : _mm512_setzero_si512();
+      const Index dt = c / 16;
+      _mm512_store_si512(vrow + dt * 512, _mm512_permutex2var_epi16(a, idx.lo, b));
+      if (dt + 1 < dtiles) _mm512_store_si512(vrow + (dt + 1) * 512, _mm512_permutex2var_epi16(a, idx.hi, b));
     }
   }
 }
@@ -361,17 +379,27 @@ inline void amx_softmax_tile(const float* st, Index lds, Index tn, Index tn32, f
   _mm512_store_ps(run_max, new_max);
 }
 
-/// One split of the AMX form: query rows [m0, m0 + mc) (mc <= 128, qv their packed tiles) over
-/// cache rows [j_begin, j_end). Writes the split's unnormalised O ([mc][ldo]), max and sum.
-/// `first_masked` / `num_heads` / `q_len` apply the causal rule as the float driver does.
-inline void absorbed_amx_task(const bfloat16* cache, Index row_stride, Index kv_lora, Index rope,
-                              const std::uint16_t* qv, Index m0, Index mc, Index num_heads,
-                              Index first_masked, Index j_begin, Index j_end, float* scratch_base,
-                              float* o_out, Index ldo, float* max_out, float* sum_out) {
-  const Index k_dim = kv_lora + rope;
-  const Index k32 = round_up(k_dim, 32);
+/// What one AMX task attends over: score rows K (k_dim values, `k_stride` apart) and value rows
+/// V (v_dim values, `v_stride` apart), both indexed by cache row; V may be K itself (MLA: the
+/// c_kv part of the latent rows). Query row i of the task belongs to token (row0 + i) /
+/// rows_per_token and cannot see cache rows >= first_masked + that token (causal rule).
+struct AmxAttentionRows {
+  const bfloat16* k;
+  Index k_stride, k_dim;
+  const bfloat16* v;
+  Index v_stride, v_dim;
+  Index row0, rows_per_token, first_masked;
+};
+
+/// One split of the AMX form: mc query rows (qv: their tiles from amx_pack_query, scaled to base
+/// 2) over cache rows [j_begin, j_end). Writes the split's unnormalised O ([mc][ldo], v_dim
+/// columns), running max and sum (base 2), as the float kernels' splits do.
+inline void amx_attention_task(const AmxAttentionRows& in, const std::uint16_t* qv, Index mc,
+                               Index j_begin, Index j_end, float* scratch_base, float* o_out,
+                               Index ldo, float* max_out, float* sum_out) {
+  const Index k32 = round_up(in.k_dim, 32);
   const Index kblocks = k32 / 32;
-  const Index d16 = round_up(kv_lora, 16);
+  const Index d16 = round_up(in.v_dim, 16);
   const Index dtiles = d16 / 16;
   const Index mp = round_up(mc, 16);
   const Index mtiles = mp / 16;
@@ -381,8 +409,7 @@ inline void absorbed_amx_task(const bfloat16* cache, Index row_stride, Index kv_
   std::fill(s.run_max, s.run_max + mp, -std::numeric_limits<float>::infinity());
   std::fill(s.run_sum, s.run_sum + mp, 0.0f);
   const Index pa_mstride = kAmxChunkRows / 32 * 512;  // one query tile's P tiles
-  const Index vi_tstride = dtiles * 512;              // one 32-row block's c_kv tiles
-  const std::uint16_t* qv_pass = qv + (m0 / 16) * kblocks * 512;
+  const Index vi_tstride = dtiles * 512;              // one 32-row block's V tiles
 
   amx_configure_tiles();
   for (Index t0 = j_begin; t0 < j_end; t0 += kAmxChunkRows) {
@@ -391,17 +418,19 @@ inline void absorbed_amx_task(const bfloat16* cache, Index row_stride, Index kv_
     const Index tn32 = round_up(tn, 32);
     // Whole 32-row chunks of whole k blocks feed the scores straight from the cache; otherwise
     // (the last chunk, or k_dim not a multiple of 32) from a zero-padded copy.
-    const bool dense = tn % 32 != 0 || k_dim != k32;
-    const std::uint16_t* arows = dense ? s.cd : reinterpret_cast<const std::uint16_t*>(cache + t0 * row_stride);
-    const Index astride = dense ? k32 : row_stride;
-    amx_stage_chunk(cache + t0 * row_stride, row_stride, tn, k_dim, kv_lora, k32, d16, dense, s.cd, s.vi);
+    const bool dense = tn % 32 != 0 || in.k_dim != k32;
+    const bfloat16* krows = in.k + t0 * in.k_stride;
+    if (dense) amx_stage_dense(krows, in.k_stride, tn, in.k_dim, k32, s.cd);
+    const std::uint16_t* arows = dense ? s.cd : reinterpret_cast<const std::uint16_t*>(krows);
+    const Index astride = dense ? k32 : in.k_stride;
+    amx_stage_pairs(in.v + t0 * in.v_stride, in.v_stride, tn, in.v_dim, d16, s.vi);
 
     for (Index t = 0; t < tn16; t += 32) {
       const bool two_t = t + 16 < tn16;
       for (Index mt = 0; mt < mtiles; mt += 2) {
         const bool two_m = mt + 1 < mtiles;
         const std::uint16_t* a = arows + t * astride;
-        const std::uint16_t* b = qv_pass + mt * kblocks * 512;
+        const std::uint16_t* b = qv + mt * kblocks * 512;
         float* dst = s.st + t * mp + mt * 16;
         if (two_t && two_m) amx_scores_block<2, 2>(a, astride, b, kblocks, dst, mp);
         else if (two_t) amx_scores_block<2, 1>(a, astride, b, kblocks, dst, mp);
@@ -409,10 +438,10 @@ inline void absorbed_amx_task(const bfloat16* cache, Index row_stride, Index kv_
         else amx_scores_block<1, 1>(a, astride, b, kblocks, dst, mp);
       }
     }
-    if (t0 + tn > first_masked) {
-      for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)
+    if (t0 + tn > in.first_masked) {
+      for (Index t = std::max<Index>(0, in.first_masked - t0); t < tn; ++t)
         for (Index i = 0; i < mc; ++i)
-          if (t0 + t >= first_masked + (m0 + i) / num_heads)
+          if (t0 + t >= in.first_masked + (in.row0 + i) / in.rows_per_token)
             s.st[t * mp + i] = -std::numeric_limits<float>::infinity();
     }
     for (Index mt = 0; mt < mtiles; ++mt)
@@ -442,7 +471,7 @@ inline void absorbed_amx_task(const bfloat16* cache, Index row_stride, Index kv_
   }
   _tile_release();
   for (Index i = 0; i < mc; ++i) {
-    std::copy(s.o + i * d16, s.o + i * d16 + kv_lora, o_out + i * ldo);
+    std::copy(s.o + i * d16, s.o + i * d16 + in.v_dim, o_out + i * ldo);
     max_out[i] = s.run_max[i];
     sum_out[i] = s.run_sum[i];
   }

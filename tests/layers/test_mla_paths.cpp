@@ -214,5 +214,36 @@ TEST(MlaPaths, Bf16LatentCacheAndThreadPoolTrackTheFloatCache) {
   EXPECT_GT(err, 1e-6);  // and it really is a narrower cache
 }
 
+TEST(MlaPaths, AmxAttentionOptionReachesTheKernel) {
+  if (!kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  // Options::attention_path = kAmx: decode over a bf16 latent cache runs on the AMX tiles, which
+  // round the query and the weights to bf16 (bounded in test_absorbed_attention). Here: the
+  // option is honoured (the result moves off the float-accurate kernel's by about that rounding)
+  // and a float cache is left to the float kernels (bit for bit).
+  MlaConfig cfg = v3_dims();
+  testing::Rng rng(14);
+  const auto weights = testing::random_mla_weights<float>(cfg, rng);
+  MultiHeadLatentAttention<float> plain(cfg, weights);
+  typename MultiHeadLatentAttention<float>::Options amx_options;
+  amx_options.attention_path = kernels::KernelPath::kAmx;
+  MultiHeadLatentAttention<float> amx(cfg, weights, amx_options);
+  const Index T = 70;
+  const Matrix<float> x = rng.normal<float>(T, cfg.hidden_size);
+  auto decode_last = [&](const MultiHeadLatentAttention<float>& layer, auto cache) {
+    Workspace ws;
+    Matrix<float> y(T, cfg.hidden_size), y1(1, cfg.hidden_size);
+    layer.forward(x.topRows(T - 1), testing::positions_from(0, T - 1), cache, y.topRows(T - 1), ws,
+                  MlaPath::kNaive);
+    layer.forward(x.row(T - 1), testing::positions_from(T - 1, 1), cache, y1, ws, MlaPath::kAbsorbed);
+    return y1;
+  };
+  const Matrix<float> ref = decode_last(plain, plain.make_latent_cache<bfloat16>(T));
+  const Matrix<float> tiles = decode_last(amx, amx.make_latent_cache<bfloat16>(T));
+  const double err = testing::rel_max_err(tiles, ref);
+  EXPECT_LE(err, 2e-2) << "measured " << err;
+  EXPECT_GT(err, 1e-7) << "measured " << err;
+  EXPECT_EQ(decode_last(amx, amx.make_latent_cache<float>(T)), decode_last(plain, plain.make_latent_cache<float>(T)));
+}
+
 }  // namespace
 }  // namespace mla

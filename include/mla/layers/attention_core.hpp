@@ -147,7 +147,8 @@ inline constexpr Index kKernelTokensPerCall = 8;
 template <class Scalar, class T>
 void absorbed_attention(const Scalar* q_lat, const Scalar* q_pe, Index num_tokens,
                         Index num_heads, const LatentCache<T>& cache, double scale,
-                        Scalar* o_lat, Workspace& ws) {
+                        Scalar* o_lat, Workspace& ws,
+                        kernels::KernelPath path = kernels::KernelPath::kAuto) {
   if constexpr (kHasFastKernel<Scalar, T>) {
     // One call per new token, each over exactly the rows it sees: the kernel takes 128 query
     // rows (all heads of a token) per pass over the cache anyway, so this costs no extra cache
@@ -165,7 +166,7 @@ void absorbed_attention(const Scalar* q_lat, const Scalar* q_pe, Index num_token
       kernels::absorbed_attention(shape, q_lat + t * num_heads * R, q_pe + t * num_heads * P,
                                   cache.data(), static_cast<float>(scale),
                                   o_lat + t * num_heads * R, nullptr, ws.absorbed_kernel,
-                                  ws.thread_pool());
+                                  ws.thread_pool(), path);
     }
   } else {
     absorbed_attention_generic(q_lat, q_pe, num_tokens, num_heads, cache, scale, o_lat, ws);
@@ -176,7 +177,8 @@ void absorbed_attention(const Scalar* q_lat, const Scalar* q_pe, Index num_token
 /// must be contiguous [T, H, D] / [T, H, Dv] here).
 template <class Scalar, class T>
 void gqa_attention(const Scalar* q, Index num_tokens, Index num_heads, const KvCache<T>& cache,
-                   double scale, Scalar* out, Workspace& ws) {
+                   double scale, Scalar* out, Workspace& ws,
+                   kernels::KernelPath path = kernels::KernelPath::kAuto) {
   const Index D = cache.head_dim(), Dv = cache.v_dim();
   if constexpr (kHasFastKernel<Scalar, T>) {
     const Index first_new = cache.size() - num_tokens;
@@ -193,7 +195,7 @@ void gqa_attention(const Scalar* q, Index num_tokens, Index num_heads, const KvC
       shape.v_head_stride = cache.v_head_stride();
       kernels::gqa_attention(shape, q + t0 * num_heads * D, cache.k_head(0), cache.v_head(0),
                              static_cast<float>(scale), out + t0 * num_heads * Dv, nullptr,
-                             ws.gqa_kernel, ws.thread_pool());
+                             ws.gqa_kernel, ws.thread_pool(), path);
     }
   } else {
     gqa_attention_generic(q, num_heads * D, num_tokens, num_heads, cache, scale, out,

@@ -41,6 +41,9 @@ class GroupedQueryAttention {
     std::int64_t max_positions = 0;
     /// kBf16 (float layers only): keep q/k/v/o_proj as bfloat16 (half the bytes per decode step).
     WeightFormat projection_weights = WeightFormat::kAsLoaded;
+    /// Instruction-set path of the attention kernel (float layers); kernels::KernelPath::kAmx
+    /// runs a bf16 cache on the AMX tiles with the query and weights rounded to bf16.
+    kernels::KernelPath attention_path = kernels::KernelPath::kAuto;
   };
 
   /// Validates `config` and every weight shape against it (std::invalid_argument naming the
@@ -63,6 +66,7 @@ class GroupedQueryAttention {
     rope_ = std::make_shared<const RotaryEmbedding<Scalar>>(
         cfg_.rope, D, options.max_positions > 0 ? options.max_positions
                                                 : cfg_.max_position_embeddings);
+    attention_path_ = options.attention_path;
     apply_weight_format<Scalar>(options.projection_weights,
                                 {&w_.q_proj, &w_.k_proj, &w_.v_proj, &w_.o_proj});
   }
@@ -123,7 +127,8 @@ class GroupedQueryAttention {
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * D);
     project_qkv(x, positions, q, k, v, ws);
     cache.append(k.data(), KV * D, v.data(), KV * D, n);
-    internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws);
+    internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws,
+                            attention_path_);
     w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
   }
 
@@ -153,6 +158,7 @@ class GroupedQueryAttention {
   AttentionConfig cfg_;
   Weights w_;
   std::shared_ptr<const RotaryEmbedding<Scalar>> rope_;
+  kernels::KernelPath attention_path_ = kernels::KernelPath::kAuto;
 };
 
 /// Multi-head attention: grouped-query attention with num_key_value_heads == num_attention_heads.

@@ -104,6 +104,10 @@ class MultiHeadLatentAttention {
     /// o_proj as bfloat16, halving the bytes a batch-1 decode step streams (~170 M of the
     /// ~187 M weights of a DeepSeek-V3 layer). kv_b_proj and its W_UK / W_UV split stay in float.
     WeightFormat projection_weights = WeightFormat::kAsLoaded;
+    /// Instruction-set path of the attention kernels (float layers). kernels::KernelPath::kAmx
+    /// runs attention over a bf16 cache on the AMX tiles, rounding the query and the softmax
+    /// weights to bf16 (see mla/kernels/amx_attention.hpp); kAuto keeps float accuracy.
+    kernels::KernelPath attention_path = kernels::KernelPath::kAuto;
   };
 
   /// Validates the config and every weight shape (std::invalid_argument naming the weight, the
@@ -123,6 +127,7 @@ class MultiHeadLatentAttention {
     rope_ = std::make_shared<const RotaryEmbedding<Scalar>>(
         cfg_.rope, cfg_.qk_rope_head_dim,
         options.max_positions > 0 ? options.max_positions : cfg_.max_position_embeddings);
+    attention_path_ = options.attention_path;
     apply_weight_format<Scalar>(options.projection_weights,
                                 {&w_.q_a_proj, &w_.q_b_proj, &w_.q_proj, &w_.kv_a_proj_with_mqa, &w_.o_proj});
   }
@@ -232,7 +237,8 @@ class MultiHeadLatentAttention {
     }
     cache.append(k.data(), H * (N + P), v.data(), H * V, n);
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * V);
-    internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws);
+    internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws,
+                            attention_path_);
     w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
   }
 
@@ -304,7 +310,8 @@ class MultiHeadLatentAttention {
       StridedMap(q_pe + h * P, n, P, Eigen::OuterStride<>(H * P)) =
           StridedConstMap(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
     }
-    internal::absorbed_attention(q_lat, q_pe, n, H, cache, cfg_.softmax_scale(), o_lat, ws);
+    internal::absorbed_attention(q_lat, q_pe, n, H, cache, cfg_.softmax_scale(), o_lat, ws,
+                                 attention_path_);
     for (Index h = 0; h < H; ++h) {
       StridedConstMap ol(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R));
       internal::matmul(ol, w_uv_.middleRows(h * V, V), kernels::GemmB::kTransposed,
@@ -404,6 +411,7 @@ class MultiHeadLatentAttention {
   Matrix<Scalar> w_uk_;  // [H*N, R]: rows h*N.. = W_UK_h
   Matrix<Scalar> w_uv_;  // [H*V, R]: rows h*V.. = W_UV_h
   std::shared_ptr<const RotaryEmbedding<Scalar>> rope_;
+  kernels::KernelPath attention_path_ = kernels::KernelPath::kAuto;
 };
 
 }  // namespace mla

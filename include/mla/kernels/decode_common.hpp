@@ -86,8 +86,10 @@ inline constexpr bool kHaveAvx512 = false;
 #endif
 
 /// True when it was also compiled with AMX-BF16 tiles (and AVX-512 BF16/BW for the conversions).
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
-    defined(__AVX512BW__) && defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+/// (GCC spells the macros __AMX_TILE__ / __AMX_BF16__, Clang __AMXTILE__ / __AMXBF16__.)
+#if (defined(__AMX_TILE__) || defined(__AMXTILE__)) && (defined(__AMX_BF16__) || defined(__AMXBF16__)) && \
+    defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__) && defined(__AVX2__) && \
+    defined(__FMA__)
 #define MLA_HAVE_AMX 1
 inline constexpr bool kHaveAmx = true;
 #else

@@ -63,12 +63,13 @@ namespace kernels {
 /// compiled level, the portable fallback included, is exercised on a machine that has them all.
 /// Asking for a level that is not compiled in throws std::invalid_argument.
 ///
-/// kAmx is not a level of the same kind and kAuto never picks it: it is kAvx512 everywhere except
-/// in absorbed_attention over a bf16 cache, which then runs on the AMX tile unit (Sapphire Rapids
-/// and later; -mamx-tile -mamx-bf16, part of -march=native there) and rounds the query and the
-/// softmax weights to bf16 before the two products (float accumulation, ~8x the FMA rate; see
-/// amx_attention.hpp for the error this adds). It needs the OS to grant the AMX register state
-/// (Linux >= 5.16, arch_prctl); a refusal throws std::runtime_error.
+/// kAmx is not a level of the same kind and kAuto never picks it: absorbed_attention and
+/// gqa_attention over a bf16 cache then run on the AMX tile unit (Sapphire Rapids and later;
+/// -mamx-tile -mamx-bf16, part of -march=native there), rounding the query and the softmax
+/// weights to bf16 before the two products (float accumulation, ~13x the fp32 FMA rate; see
+/// amx_attention.hpp for the error this adds). Everything else (float caches, the GEMM, the
+/// paged / batched absorbed kernel) runs its kAvx512 code for it. It needs the OS to grant the
+/// AMX register state (Linux >= 5.16, arch_prctl); a refusal throws std::runtime_error.
 enum class KernelPath { kAuto, kPortable, kAvx2, kAvx512, kAmx };
 
 /// True when this translation unit was compiled with the AVX2+FMA kernels.

@@ -1,6 +1,6 @@
 // 02_run_checkpoint: load one layer's attention from a Hugging Face model folder and run it.
 //
-//   02_run_checkpoint [MODEL_DIR [LAYER]] [--prompt N] [--decode N]
+//   02_run_checkpoint [MODEL_DIR [LAYER]] [--prompt N] [--decode N] [--bf16-cache] [--amx]
 //
 // MODEL_DIR holds config.json and *.safetensors (one file, or shards listed in
 // model.safetensors.index.json; f32/f16/bf16 weights, or DeepSeek-V3/R1's FP8 e4m3 weights with
@@ -8,7 +8,10 @@
 // config) get a latent cache and absorbed decode; MHA/GQA models a KV cache. With no MODEL_DIR
 // the program first writes a small DeepSeek-V3-shaped model (two shards, FP8 projections) to a
 // temporary folder, so the whole loading path runs without downloading anything.
-// Prints the cache bytes and the prefill / decode throughput of that one layer.
+// Prints the cache bytes and the prefill / decode throughput of that one layer. --bf16-cache
+// stores the cache in bfloat16 (half the bytes); --amx (implies it) runs attention over it on
+// the AMX tiles of Sapphire Rapids and later (Options::attention_path = KernelPath::kAmx, which
+// rounds the query and the softmax weights to bf16), where the library was built for them.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -137,16 +140,21 @@ int main(int argc, char** argv) {
   std::string dir;
   int layer_index = 0;
   Index prompt = 256, decode = 32;
+  bool bf16_cache = false, amx = false;
   int positional = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--prompt") && i + 1 < argc) prompt = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--decode") && i + 1 < argc) decode = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--bf16-cache")) bf16_cache = true;
+    else if (!std::strcmp(argv[i], "--amx")) amx = bf16_cache = true;
     else if (!std::strcmp(argv[i], "-h") || !std::strcmp(argv[i], "--help")) {
-      std::printf("usage: %s [MODEL_DIR [LAYER]] [--prompt N] [--decode N]\n", argv[0]);
+      std::printf("usage: %s [MODEL_DIR [LAYER]] [--prompt N] [--decode N] [--bf16-cache] [--amx]\n",
+                  argv[0]);
       return 0;
     } else if (positional == 0) dir = argv[i], ++positional;
     else layer_index = std::atoi(argv[i]), ++positional;
   }
+  const mla::kernels::KernelPath path = amx ? mla::kernels::KernelPath::kAmx : mla::kernels::KernelPath::kAuto;
   if (prompt < 1 || decode < 0) {
     std::fprintf(stderr, "--prompt must be >= 1 and --decode >= 0\n");
     return 2;
@@ -166,8 +174,17 @@ int main(int argc, char** argv) {
     const Index capacity = prompt + decode;
     if (mla::io::is_mla_config(ckpt.config())) {
       const mla::MlaConfig cfg = mla::io::parse_mla_config(ckpt.config());
-      const auto layer = mla::io::load_mla_layer<float>(ckpt, cfg, layer_index,
-                                                        {std::min<std::int64_t>(cfg.max_position_embeddings, capacity)});
+      mla::MultiHeadLatentAttention<float>::Options options;
+      options.max_positions = std::min<std::int64_t>(cfg.max_position_embeddings, capacity);
+      options.attention_path = path;
+      const auto layer = mla::io::load_mla_layer<float>(ckpt, cfg, layer_index, options);
+      if (bf16_cache) {
+        auto cache = layer.make_latent_cache<mla::bfloat16>(capacity);
+        std::printf("bf16 latent cache, %zu B/token/layer, attention path %s\n",
+                    cache.bytes_per_token(), mla::kernels::path_name(path));
+        run(layer, cache, cfg.hidden_size, prompt, decode);
+        return 0;
+      }
       auto cache = layer.make_latent_cache(capacity);
       std::printf("MLA: %lld heads, kv_lora %lld + rope %lld -> latent cache %zu B/token/layer "
                   "(a decompressed cache would need %zu)\n",
@@ -179,8 +196,17 @@ int main(int argc, char** argv) {
       run(layer, cache, cfg.hidden_size, prompt, decode);
     } else {
       const mla::AttentionConfig cfg = mla::io::parse_attention_config(ckpt.config());
-      const auto layer = mla::io::load_gqa_layer<float>(ckpt, cfg, layer_index,
-                                                        {std::min<std::int64_t>(cfg.max_position_embeddings, capacity)});
+      mla::GroupedQueryAttention<float>::Options options;
+      options.max_positions = std::min<std::int64_t>(cfg.max_position_embeddings, capacity);
+      options.attention_path = path;
+      const auto layer = mla::io::load_gqa_layer<float>(ckpt, cfg, layer_index, options);
+      if (bf16_cache) {
+        auto cache = layer.make_cache<mla::bfloat16>(capacity);
+        std::printf("bf16 KV cache, %zu B/token/layer, attention path %s\n",
+                    cache.bytes_per_token(), mla::kernels::path_name(path));
+        run(layer, cache, cfg.hidden_size, prompt, decode);
+        return 0;
+      }
       auto cache = layer.make_cache(capacity);
       std::printf("GQA: %lld query heads over %lld KV heads of %lld -> KV cache %zu B/token/layer\n",
                   (long long)cfg.num_attention_heads, (long long)cfg.num_key_value_heads,

@@ -134,6 +134,15 @@ void run(const Layer& layer, Cache& cache, Index hidden, Index prompt, Index dec
   std::printf("output finite: %s\n", y.allFinite() && y1.allFinite() ? "yes" : "NO");
 }
 
+// The same with a bf16 cache (latent or KV), naming the attention path it runs.
+template <class Layer, class Cache>
+void run_bf16(const Layer& layer, Cache cache, mla::kernels::KernelPath path, Index hidden,
+              Index prompt, Index decode) {
+  std::printf("bf16 cache, %zu B/token/layer, attention path %s\n", cache.bytes_per_token(),
+              mla::kernels::path_name(path));
+  run(layer, cache, hidden, prompt, decode);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -174,15 +183,13 @@ int main(int argc, char** argv) {
     const Index capacity = prompt + decode;
     if (mla::io::is_mla_config(ckpt.config())) {
       const mla::MlaConfig cfg = mla::io::parse_mla_config(ckpt.config());
-      mla::MultiHeadLatentAttention<float>::Options options;
-      options.max_positions = std::min<std::int64_t>(cfg.max_position_embeddings, capacity);
-      options.attention_path = path;
-      const auto layer = mla::io::load_mla_layer<float>(ckpt, cfg, layer_index, options);
+      // Options: RoPE table length, projection weight format, attention kernel path.
+      const auto layer = mla::io::load_mla_layer<float>(
+          ckpt, cfg, layer_index,
+          {std::min<std::int64_t>(cfg.max_position_embeddings, capacity), mla::WeightFormat::kAsLoaded, path});
       if (bf16_cache) {
-        auto cache = layer.make_latent_cache<mla::bfloat16>(capacity);
-        std::printf("bf16 latent cache, %zu B/token/layer, attention path %s\n",
-                    cache.bytes_per_token(), mla::kernels::path_name(path));
-        run(layer, cache, cfg.hidden_size, prompt, decode);
+        run_bf16(layer, layer.make_latent_cache<mla::bfloat16>(capacity), path, cfg.hidden_size,
+                 prompt, decode);
         return 0;
       }
       auto cache = layer.make_latent_cache(capacity);
@@ -196,15 +203,12 @@ int main(int argc, char** argv) {
       run(layer, cache, cfg.hidden_size, prompt, decode);
     } else {
       const mla::AttentionConfig cfg = mla::io::parse_attention_config(ckpt.config());
-      mla::GroupedQueryAttention<float>::Options options;
-      options.max_positions = std::min<std::int64_t>(cfg.max_position_embeddings, capacity);
-      options.attention_path = path;
-      const auto layer = mla::io::load_gqa_layer<float>(ckpt, cfg, layer_index, options);
+      const auto layer = mla::io::load_gqa_layer<float>(
+          ckpt, cfg, layer_index,
+          {std::min<std::int64_t>(cfg.max_position_embeddings, capacity), mla::WeightFormat::kAsLoaded, path});
       if (bf16_cache) {
-        auto cache = layer.make_cache<mla::bfloat16>(capacity);
-        std::printf("bf16 KV cache, %zu B/token/layer, attention path %s\n",
-                    cache.bytes_per_token(), mla::kernels::path_name(path));
-        run(layer, cache, cfg.hidden_size, prompt, decode);
+        run_bf16(layer, layer.make_cache<mla::bfloat16>(capacity), path, cfg.hidden_size, prompt,
+                 decode);
         return 0;
       }
       auto cache = layer.make_cache(capacity);

@@ -302,6 +302,16 @@ void widen_rows_portable(const T* src, Index src_stride, Index rows, Index cols,
     for (Index c = 0; c < cols; ++c) dst[r * dst_stride + c] = to_float(src[r * src_stride + c]);
 }
 
+/// Taylor coefficients of 2^f = exp(f ln 2): kExp2Taylor[i] = ln2^i / i!, for the vector exp2s.
+inline constexpr float kExp2Taylor[8] = {1.0f,
+                                         6.931471805599453e-01f,
+                                         2.402265069591007e-01f,
+                                         5.550410866482158e-02f,
+                                         9.618129107628477e-03f,
+                                         1.3333558146428443e-03f,
+                                         1.5403530393381606e-04f,
+                                         1.525273380405984e-05f};
+
 #if defined(__AVX2__) && defined(__FMA__)
 /// 2^x for x <= 0 (what a softmax needs), with 2^x = 0 below -127 (so exp2(-inf) = 0).
 /// x = n + f with n = round(x), |f| <= 1/2; 2^f by its degree-7 Taylor polynomial in f*ln2
@@ -310,14 +320,9 @@ inline __m256 exp2_avx2(__m256 x) {
   x = _mm256_max_ps(x, _mm256_set1_ps(-127.0f));
   const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(x, n);
-  __m256 p = _mm256_set1_ps(1.525273380405984e-05f);  // ln2^7 / 7!
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530393381606e-04f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-03f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618129107628477e-03f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550410866482158e-02f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402265069591007e-01f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931471805599453e-01f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  __m256 p = _mm256_set1_ps(kExp2Taylor[7]);
+  MLA_UNROLL
+  for (int i = 6; i >= 0; --i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Taylor[i]));
   // n in [-127, 0]: n + 127 in [0, 127] is the biased exponent; 0 encodes +0.0.
   const __m256i e = _mm256_slli_epi32(
       _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);

@@ -607,13 +607,7 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
       const float* rows = rows_as_float<Ops>(cache + t0 * shape.row_stride, shape.row_stride, tn,
                                              k_dim, wide, round_up(k_dim, 8), stride);
       Ops::scores(qp, mc16 / kMlaPanel, k_dim, rows, stride, tn, st, mc16);
-      if (t0 + tn > first_masked) {
-        for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)
-          for (Index i = 0; i < mc; ++i) {
-            const Index token = (m0 + i) / shape.num_heads;
-            if (t0 + t >= first_masked + token) st[t * mc16 + i] = -std::numeric_limits<float>::infinity();
-          }
-      }
+      mask_hidden_rows(st, mc16, t0, tn, mc, m0, shape.num_heads, first_masked);
       Ops::softmax(st, mc16, tn, mc16, run_max, run_sum, alpha);
       Ops::accumulate(st, mc16, tn, mc, rows, stride, d_dim, o, lay.o_stride, alpha);
     }

@@ -435,12 +435,7 @@ inline void amx_attention_task(const AmxAttentionRows& in, const std::uint16_t* 
         else amx_scores_block<1, 1>(a, astride, b, kblocks, dst, mp);
       }
     }
-    if (t0 + tn > in.first_masked) {
-      for (Index t = std::max<Index>(0, in.first_masked - t0); t < tn; ++t)
-        for (Index i = 0; i < mc; ++i)
-          if (t0 + t >= in.first_masked + (in.row0 + i) / in.rows_per_token)
-            s.st[t * mp + i] = -std::numeric_limits<float>::infinity();
-    }
+    mask_hidden_rows(s.st, mp, t0, tn, mc, in.row0, in.rows_per_token, in.first_masked);
     for (Index mt = 0; mt < mtiles; ++mt)
       amx_softmax_tile(s.st + mt * 16, mp, tn, tn32, s.run_max + mt * 16, s.run_sum + mt * 16,
                        s.alpha + mt * 16, s.pa + mt * pa_mstride);

@@ -9,6 +9,7 @@
 // base-2 domain (the query is pre-multiplied by scale * log2(e)), so the softmax needs exp2 only.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -300,6 +301,18 @@ void widen_rows_portable(const T* src, Index src_stride, Index rows, Index cols,
                          Index dst_stride) {
   for (Index r = 0; r < rows; ++r)
     for (Index c = 0; c < cols; ++c) dst[r * dst_stride + c] = to_float(src[r * src_stride + c]);
+}
+
+/// Causal rule on a tile of scores stored column-wise, S^T[t * lds + i] for the tile's cache rows
+/// t0 .. t0 + tn - 1 and query rows i < rows: query row i belongs to token (row0 + i) /
+/// rows_per_token and cannot see cache rows >= first_masked + that token (set to -inf).
+inline void mask_hidden_rows(float* st, Index lds, Index t0, Index tn, Index rows, Index row0,
+                             Index rows_per_token, Index first_masked) {
+  if (t0 + tn <= first_masked) return;
+  for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)
+    for (Index i = 0; i < rows; ++i)
+      if (t0 + t >= first_masked + (row0 + i) / rows_per_token)
+        st[t * lds + i] = -std::numeric_limits<float>::infinity();
 }
 
 /// Taylor coefficients of 2^f = exp(f ln 2): kExp2Taylor[i] = ln2^i / i!, for the vector exp2s.

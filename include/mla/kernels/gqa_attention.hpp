@@ -586,11 +586,7 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
     for (Index p = 0; p < g8; p += 8)
       GqaPackedAvx2Ops::scores(qp + p * head_dim, krows, kstride, head_dim, tn, st + p, g8, v_next,
                                p == 0 ? v_bytes : 0);
-    if (t0 + tn > first_masked) {
-      for (Index t = std::max<Index>(0, first_masked - t0); t < tn; ++t)
-        for (Index r = 0; r < g_rows; ++r)
-          if (t0 + t >= first_masked + r / group) st[t * g8 + r] = -std::numeric_limits<float>::infinity();
-    }
+    mask_hidden_rows(st, g8, t0, tn, g_rows, 0, group, first_masked);
     online_softmax_columns_avx2(st, g8, tn, g8, run_max, run_sum, alpha);
     Index vstride;
     const float* vrows = rows_as_float<GqaPackedAvx2Ops>(vh + t0 * v_dim, v_dim, tn, v_dim, wide,

@@ -188,14 +188,7 @@ void run_decode_piece(const kernels::DecodeSequence<T>& seq, Index num_heads, co
                                             view.rope_dim, sc.wide, stride);
       Ops::scores(qp, mc16 / kMlaPanel, K, rows, stride, tn, sc.st, mc16);
       const Index g0 = j + t0;  // the tile's first row, as a row index of the sequence
-      if (g0 + tn > first_masked) {
-        for (Index t = std::max<Index>(0, first_masked - g0); t < tn; ++t)
-          for (Index i = 0; i < mc; ++i) {
-            const Index token = (u.m0 + i) / num_heads;
-            if (g0 + t >= first_masked + token)
-              sc.st[t * mc16 + i] = -std::numeric_limits<float>::infinity();
-          }
-      }
+      mask_hidden_rows(sc.st, mc16, g0, tn, mc, u.m0, num_heads, first_masked);
       Ops::softmax(sc.st, mc16, tn, mc16, sc.run_max, sc.run_sum, sc.alpha);
       Ops::accumulate(sc.st, mc16, tn, mc, rows, stride, R, o, o_stride, sc.alpha);
     }

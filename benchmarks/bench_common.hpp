@@ -124,9 +124,9 @@ struct Limits {
 /// runs on the AMX tile unit (KernelPath::kAmx), held to the tile peak of that thread count.
 inline Limits limits_for(const MachinePeaks& p, int threads, bool bf16_cache, bool amx = false) {
   Limits l;
+  l.bytes_per_s = 1e9 * (threads >= 2 ? p.read_gbps_2t : p.read_gbps_1t);
   if (amx) {
     l.flops_per_s = 1e9 * (threads >= 2 ? p.amx_bf16_gflops_2t : p.amx_bf16_gflops_1t);
-    l.bytes_per_s = 1e9 * (threads >= 2 ? p.read_gbps_2t : p.read_gbps_1t);
     return l;
   }
   const double fma = threads >= 2 ? p.fma_gflops_2t : p.fma_gflops_1t;
@@ -135,7 +135,6 @@ inline Limits limits_for(const MachinePeaks& p, int threads, bool bf16_cache, bo
     l.flops_per_s = std::max(l.flops_per_s,
                              1e9 * p.bf16_dot_gflops_1t *
                                  (threads >= 2 ? p.fma_gflops_2t / p.fma_gflops_1t : 1.0));
-  l.bytes_per_s = 1e9 * (threads >= 2 ? p.read_gbps_2t : p.read_gbps_1t);
   return l;
 }
 

@@ -636,9 +636,7 @@ void with_mla_ops(kernels::KernelPath path, Fn&& fn) {
   const kernels::KernelPath p = kernels::resolve_path(path);  // throws if not compiled in
 #if defined(MLA_HAVE_AMX)
   if (path == kernels::KernelPath::kAmx) {
-    MLA_CHECK_DATA(amx_tiles_granted(),
-                   "kernel path amx-bf16: the OS did not grant the AMX tile state "
-                   "(arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed; Linux >= 5.16 needed)");
+    require_amx_tiles();
     return fn(MlaAmxOps{});
   }
 #endif

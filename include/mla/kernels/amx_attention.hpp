@@ -106,6 +106,13 @@ inline bool amx_tiles_granted() {
   return granted;
 }
 
+/// Throws std::runtime_error unless the OS granted the tile state (see amx_tiles_granted).
+inline void require_amx_tiles() {
+  MLA_CHECK_DATA(amx_tiles_granted(),
+                 "kernel path amx-bf16: the OS did not grant the AMX tile state "
+                 "(arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed; Linux >= 5.16 needed)");
+}
+
 /// Every tile 16 rows x 64 bytes: tiles 0-3 accumulate, 4-5 hold A operands, 6-7 B operands.
 inline void amx_configure_tiles() {
   struct alignas(64) Config {
@@ -343,12 +350,7 @@ inline void amx_softmax_tile(const float* st, Index lds, Index tn, Index tn32, f
   const __m512 safe = _mm512_mask_mov_ps(new_max, _mm512_cmp_ps_mask(new_max, neg_inf, _CMP_EQ_OQ),
                                          _mm512_setzero_ps());
   // Word 2m of a pair: row 2i's weight for query m; word 2m + 1: row 2i + 1's.
-  alignas(64) std::uint16_t pair_idx[32];
-  for (int m = 0; m < 16; ++m) {
-    pair_idx[2 * m] = std::uint16_t(m);
-    pair_idx[2 * m + 1] = std::uint16_t(16 + m);
-  }
-  const __m512i pidx = _mm512_load_si512(pair_idx);
+  const PairInterleave idx;
   __m512 sum = _mm512_setzero_ps();
   for (Index tb = 0; tb < tn32 / 32; ++tb) {
     __m512i x[16];
@@ -363,7 +365,7 @@ inline void amx_softmax_tile(const float* st, Index lds, Index tn, Index tn32, f
         // Sum the rounded weights: bf16 -> float is a 16-bit shift.
         sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h[e]), 16)));
       }
-      x[i] = _mm512_permutexvar_epi16(pidx, _mm512_inserti64x4(_mm512_zextsi256_si512(h[0]), h[1], 1));
+      x[i] = _mm512_permutex2var_epi16(_mm512_zextsi256_si512(h[0]), idx.lo, _mm512_zextsi256_si512(h[1]));
     }
     transpose16_epi32(x);  // x[m] = the 32 weights of query row m, pairs of rows in order
     std::uint16_t* tile = pa + tb * 512;
@@ -423,16 +425,15 @@ inline void amx_attention_task(const AmxAttentionRows& in, const std::uint16_t* 
     amx_stage_pairs(in.v + t0 * in.v_stride, in.v_stride, tn, in.v_dim, d16, s.vi);
 
     for (Index t = 0; t < tn16; t += 32) {
-      const bool two_t = t + 16 < tn16;
       for (Index mt = 0; mt < mtiles; mt += 2) {
-        const bool two_m = mt + 1 < mtiles;
         const std::uint16_t* a = arows + t * astride;
         const std::uint16_t* b = qv + mt * kblocks * 512;
         float* dst = s.st + t * mp + mt * 16;
-        if (two_t && two_m) amx_scores_block<2, 2>(a, astride, b, kblocks, dst, mp);
-        else if (two_t) amx_scores_block<2, 1>(a, astride, b, kblocks, dst, mp);
-        else if (two_m) amx_scores_block<1, 2>(a, astride, b, kblocks, dst, mp);
-        else amx_scores_block<1, 1>(a, astride, b, kblocks, dst, mp);
+        dispatch_width<2>(std::min<Index>(2, (tn16 - t) / 16), [&](auto nt) {
+          dispatch_width<2>(std::min<Index>(2, mtiles - mt), [&](auto nm) {
+            amx_scores_block<decltype(nt)::value, decltype(nm)::value>(a, astride, b, kblocks, dst, mp);
+          });
+        });
       }
     }
     mask_hidden_rows(s.st, mp, t0, tn, mc, in.row0, in.rows_per_token, in.first_masked);
@@ -448,16 +449,16 @@ inline void amx_attention_task(const AmxAttentionRows& in, const std::uint16_t* 
     }
     const Index tblocks = tn32 / 32;
     for (Index mt = 0; mt < mtiles; mt += 2) {
-      const bool two_m = mt + 1 < mtiles;
       for (Index dt = 0; dt < dtiles; dt += 2) {
-        const bool two_d = dt + 1 < dtiles;
         const std::uint16_t* a = s.pa + mt * pa_mstride;
         const std::uint16_t* b = s.vi + dt * 512;
         float* o = s.o + mt * 16 * d16 + dt * 16;
-        if (two_m && two_d) amx_output_block<2, 2>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
-        else if (two_m) amx_output_block<2, 1>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
-        else if (two_d) amx_output_block<1, 2>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
-        else amx_output_block<1, 1>(a, pa_mstride, b, vi_tstride, tblocks, o, d16);
+        dispatch_width<2>(std::min<Index>(2, mtiles - mt), [&](auto nm) {
+          dispatch_width<2>(std::min<Index>(2, dtiles - dt), [&](auto nd) {
+            amx_output_block<decltype(nm)::value, decltype(nd)::value>(a, pa_mstride, b, vi_tstride,
+                                                                       tblocks, o, d16);
+          });
+        });
       }
     }
   }

@@ -786,9 +786,7 @@ void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheSc
   const KernelPath resolved = resolve_path(path);  // throws if not compiled in
 #if defined(MLA_HAVE_AMX)
   if (path == KernelPath::kAmx) {
-    MLA_CHECK_DATA(internal::amx_tiles_granted(),
-                   "kernel path amx-bf16: the OS did not grant the AMX tile state "
-                   "(arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed; Linux >= 5.16 needed)");
+    internal::require_amx_tiles();
     internal::gqa_attention_run<internal::GqaAmxOps>(shape, q, k, v, softmax_scale, out, lse,
                                                      ws.data(), pool);
     return;

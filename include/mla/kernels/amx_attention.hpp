@@ -153,35 +153,6 @@ inline __m512 exp2_avx512(__m512 x) {
   return scalef_ps512(p, n);
 }
 
-/// In-register transpose of 16 x 16 32-bit elements: r[i] lane j <- r[j] lane i.
-inline void transpose16_epi32(__m512i* r) {
-  __m512i t[16], u[16];
-  MLA_UNROLL
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  // u[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i + 3.
-  MLA_UNROLL
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  MLA_UNROLL
-  for (int j = 0; j < 4; ++j) {
-    const __m512i v_even = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);  // lanes 0, 2 of both
-    const __m512i v_odd = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);   // lanes 1, 3
-    const __m512i w_even = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512i w_odd = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xdd);
-    r[j] = _mm512_shuffle_i32x4(v_even, w_even, 0x88);
-    r[8 + j] = _mm512_shuffle_i32x4(v_even, w_even, 0xdd);
-    r[4 + j] = _mm512_shuffle_i32x4(v_odd, w_odd, 0x88);
-    r[12 + j] = _mm512_shuffle_i32x4(v_odd, w_odd, 0xdd);
-  }
-}
-
 /// Packs the query rows Q = [q_lat | q_pe] * qscale (q_pe may be null when rope = 0) as bf16 B
 /// tiles: tile (mt, kb) row i holds, for the 16 query rows n of tile mt, the pair
 /// (Q[n][kb * 32 + 2i], Q[n][kb * 32 + 2i + 1]); zero past M and K. Each query row's 32 values of

@@ -435,6 +435,49 @@ void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, flo
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+/// In-register transpose of 16 x 16 32-bit elements: r[i] lane j <- r[j] lane i.
+inline void transpose16_epi32(__m512i* r) {
+  // Masked forms with all lanes on: GCC 12 warns that the plain forms' undefined pass-through
+  // operand is used uninitialized (-Werror).
+  constexpr __mmask16 kAll16 = 0xFFFF;
+  constexpr __mmask8 kAll8 = 0xFF;
+  __m512i t[16], u[16];
+  MLA_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_maskz_unpacklo_epi32(kAll16, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_maskz_unpackhi_epi32(kAll16, r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i + 3.
+  MLA_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_maskz_unpacklo_epi64(kAll8, t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_maskz_unpackhi_epi64(kAll8, t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_maskz_unpacklo_epi64(kAll8, t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_maskz_unpackhi_epi64(kAll8, t[4 * i + 1], t[4 * i + 3]);
+  }
+  MLA_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    // 0x88 takes 128-bit lanes 0 and 2 of both operands, 0xdd lanes 1 and 3.
+    const __m512i v_even = _mm512_maskz_shuffle_i32x4(kAll16, u[j], u[4 + j], 0x88);
+    const __m512i v_odd = _mm512_maskz_shuffle_i32x4(kAll16, u[j], u[4 + j], 0xdd);
+    const __m512i w_even = _mm512_maskz_shuffle_i32x4(kAll16, u[8 + j], u[12 + j], 0x88);
+    const __m512i w_odd = _mm512_maskz_shuffle_i32x4(kAll16, u[8 + j], u[12 + j], 0xdd);
+    r[j] = _mm512_maskz_shuffle_i32x4(kAll16, v_even, w_even, 0x88);
+    r[8 + j] = _mm512_maskz_shuffle_i32x4(kAll16, v_even, w_even, 0xdd);
+    r[4 + j] = _mm512_maskz_shuffle_i32x4(kAll16, v_odd, w_odd, 0x88);
+    r[12 + j] = _mm512_maskz_shuffle_i32x4(kAll16, v_odd, w_odd, 0xdd);
+  }
+}
+
+/// 16 floats at p: loaded, or widened from bfloat16.
+inline __m512 load16_widen(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16_widen(const bfloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+
 /// Asks for `rows` segments of `bytes` bytes (starting `row_bytes` apart at `p`) in L1: for reads
 /// of many short row segments, which the hardware prefetcher does not follow.
 inline void prefetch_row_segments(const void* p, Index rows, Index row_bytes, Index bytes) {

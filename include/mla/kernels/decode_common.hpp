@@ -421,6 +421,15 @@ inline __m256 load8_partial(const bfloat16* p, Index n) {
   return _mm256_load_ps(tmp);
 }
 
+#if defined(__AVX512F__)
+/// 16 floats at p: loaded, or widened from bfloat16.
+inline __m512 load16_widen(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16_widen(const bfloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+
 /// AVX2 widening of a block of rows (as widen_rows_portable).
 template <class T>
 void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, float* dst,
@@ -429,8 +438,13 @@ void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, flo
   for (Index r = 0; r < rows; ++r) {
     const T* s = src + r * src_stride;
     float* d = dst + r * dst_stride;
-    for (Index c = 0; c < cols8; c += 8) _mm256_storeu_ps(d + c, load8_widen(s + c));
-    for (Index c = cols8; c < cols; ++c) d[c] = to_float(s[c]);
+    Index c = 0;
+#if defined(__AVX512F__)
+    // 16 at a time where the build allows: the GQA packed form spent ~30% of its bf16 time here.
+    for (; c + 16 <= cols8; c += 16) _mm512_storeu_ps(d + c, load16_widen(s + c));
+#endif
+    for (; c < cols8; c += 8) _mm256_storeu_ps(d + c, load8_widen(s + c));
+    for (; c < cols; ++c) d[c] = to_float(s[c]);
   }
 }
 #endif
@@ -470,12 +484,6 @@ inline void transpose16_epi32(__m512i* r) {
   }
 }
 
-/// 16 floats at p: loaded, or widened from bfloat16.
-inline __m512 load16_widen(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16_widen(const bfloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 #endif
 
 /// Asks for `rows` segments of `bytes` bytes (starting `row_bytes` apart at `p`) in L1: for reads

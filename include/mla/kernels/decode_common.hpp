@@ -430,7 +430,8 @@ inline __m512 load16_widen(const bfloat16* p) {
 }
 #endif
 
-/// AVX2 widening of a block of rows (as widen_rows_portable).
+/// AVX2 widening of a block of rows (as widen_rows_portable), 16 values at a time on AVX-512
+/// builds.
 template <class T>
 void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, float* dst,
                      Index dst_stride) {
@@ -483,7 +484,6 @@ inline void transpose16_epi32(__m512i* r) {
     r[12 + j] = _mm512_maskz_shuffle_i32x4(kAll16, v_odd, w_odd, 0xdd);
   }
 }
-
 #endif
 
 /// Asks for `rows` segments of `bytes` bytes (starting `row_bytes` apart at `p`) in L1: for reads

@@ -333,8 +333,7 @@ inline void amx_softmax_tile(const float* st, Index lds, Index tn, Index tn32, f
         const Index t = tb * 32 + 2 * i + e;
         const __m512 s = t < tn ? _mm512_load_ps(st + t * lds) : neg_inf;
         h[e] = (__m256i)_mm512_cvtneps_pbh(exp2_avx512(_mm512_sub_ps(s, safe)));
-        // Sum the rounded weights: bf16 -> float is a 16-bit shift.
-        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h[e]), 16)));
+        sum = _mm512_add_ps(sum, widen16_bf16(h[e]));  // the sum of the rounded weights
       }
       x[i] = _mm512_permutex2var_epi16(_mm512_zextsi256_si512(h[0]), idx.lo, _mm512_zextsi256_si512(h[1]));
     }

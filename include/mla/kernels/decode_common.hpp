@@ -422,11 +422,14 @@ inline __m256 load8_partial(const bfloat16* p, Index n) {
 }
 
 #if defined(__AVX512F__)
+/// 16 bf16 values (the words of h) as floats: bf16 -> float is a 16-bit shift, exact.
+inline __m512 widen16_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 /// 16 floats at p: loaded, or widened from bfloat16.
 inline __m512 load16_widen(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16_widen(const bfloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return widen16_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 #endif
 

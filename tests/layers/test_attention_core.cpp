@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "mla/layers/attention_core.hpp"
 #include "support/random.hpp"
@@ -55,8 +56,8 @@ TEST(CausalProbsTimesValues, MatchesMaskedLoops) {
 }
 
 TEST(CausalProbsTimesValues, LaterValueRowsNeverReachEarlierTokens) {
-  // Token t's own value row is cache row L0 + t; put a NaN there and in the row after it (cached
-  // rows of the masked region), for t on sub-tile and tile edges. Rows before t stay finite.
+  // Token t's own value row is cache row L0 + t; put a NaN there, for t on sub-tile and tile
+  // edges. Earlier tokens (rows < t) stay finite; t and every later token see the NaN.
   const Index T = 300, L0 = 3, Dv = 17;
   Rng rng(5);
   for (Index t : {0, 63, 64, 200, 255, 256, 299}) {

@@ -8,7 +8,7 @@
 //                                attention in latent space (W_UK / W_UV absorbed)
 //           mha_amx, gqa_amx,    mha, gqa and mla_absorbed on the AMX tile unit (KernelPath::kAmx:
 //           mla_absorbed_amx     query and softmax weights rounded to bf16): core part, bf16
-//                                cache, AMX builds only
+//                                cache, CPUs with AMX-BF16 only
 //           mla_naive_recompute  DeepSeek-V3, same latent cache, K/V recomputed from it each step
 //           mla_naive_cached     DeepSeek-V3 with a decompressed cache, 128 heads x (192 + 128)
 //   part    core     attention only: query already projected, cache filled with L rows; the step
@@ -860,8 +860,10 @@ void register_all(const Options& o) {
           for (Design d : {Design::kMha, Design::kGqa, mla_order[0], mla_order[1], mla_order[2],
                            Design::kMhaAmx, Design::kGqaAmx, Design::kMlaAbsorbedAmx})
             for (int th : o.threads) {
-              // The AMX variants: bf16 caches of AMX builds only.
-              if (is_amx(d) && (t != CacheType::kBf16 || !mla::kernels::kHaveAmx)) continue;
+              // The AMX variants: bf16 caches on CPUs with AMX-BF16 only.
+              if (is_amx(d) && (t != CacheType::kBf16 ||
+                                !mla::kernels::path_available(mla::kernels::KernelPath::kAmx)))
+                continue;
               if (o.no_skip || !skipped_by_default(d, L)) add({d, part, t, L, th});
             }
     } else if (part == Part::kLayer || part == Part::kLayerBf16Weights) {
@@ -1001,13 +1003,13 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("peak_bf16_dot_gflops_1t", g_peaks.bf16_dot_gflops_1t > 0
                                                              ? num(g_peaks.bf16_dot_gflops_1t)
                                                              : std::string("absent"));
-  if (mla::kernels::kHaveAmx) {
+  if (mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) {
     benchmark::AddCustomContext("peak_amx_bf16_gflops_1t", g_peaks.amx_bf16_gflops_1t > 0
                                                                ? num(g_peaks.amx_bf16_gflops_1t)
                                                                : std::string("not granted"));
     benchmark::AddCustomContext("peak_amx_bf16_gflops_2t", num(g_peaks.amx_bf16_gflops_2t));
   }
-  benchmark::AddCustomContext("kernels", mla::kernels::path_name(mla::kernels::widest_compiled_path()));
+  benchmark::AddCustomContext("kernels", mla::kernels::path_name(mla::kernels::auto_path()));
   benchmark::AddCustomContext("peak_fma_isa", g_peaks.fma_isa);
   benchmark::AddCustomContext("mode", o.full ? "full" : "quick");
   {

@@ -197,11 +197,12 @@ benchmark::internal::Benchmark* register_kernel(const std::string& name, F fn, i
 }
 
 void register_benchmarks() {
-  // The widest compiled path under the plain name; narrower SIMD paths under "<T,path>" so one
-  // run compares them (on an AVX-512 build: the AVX2 kernels on the same machine).
+  // The path kAuto takes under the plain name; narrower SIMD paths under "<T,path>" so one run
+  // compares them (on an AVX-512 CPU: the AVX2 kernels on the same machine).
   using mla::kernels::KernelPath;
   std::vector<std::pair<std::string, KernelPath>> paths{{"", KernelPath::kAuto}};
-  if (mla::kernels::kHaveAvx512) paths.emplace_back(",avx2", KernelPath::kAvx2);
+  if (mla::kernels::path_available(KernelPath::kAvx512))
+    paths.emplace_back(",avx2", KernelPath::kAvx2);
   for (const auto& [suffix, path] : paths) {
     const KernelPath p = path;
     for (int threads : {1, 2}) {
@@ -215,7 +216,7 @@ void register_benchmarks() {
       }
     }
   }
-  if (mla::kernels::kHaveAmx)
+  if (mla::kernels::path_available(KernelPath::kAmx))
     for (int threads : {1, 2})
       for (long len : {4096L, 16384L})
         register_kernel("BM_AbsorbedAttention<bf16,amx>",
@@ -251,12 +252,12 @@ int main(int argc, char** argv) {
   register_benchmarks();
   g_peaks = mla_bench::measure_machine_peaks();
   benchmark::AddCustomContext("peak_fma_isa", g_peaks.fma_isa);
-  benchmark::AddCustomContext("kernels", mla::kernels::path_name(mla::kernels::widest_compiled_path()));
+  benchmark::AddCustomContext("kernels", mla::kernels::path_name(mla::kernels::auto_path()));
   benchmark::AddCustomContext("peak_fma_gflops_1t", std::to_string(g_peaks.fma_gflops_1t));
   benchmark::AddCustomContext("peak_fma_gflops_2t", std::to_string(g_peaks.fma_gflops_2t));
   benchmark::AddCustomContext("peak_read_gbps_1t", std::to_string(g_peaks.read_gbps_1t));
   benchmark::AddCustomContext("peak_read_gbps_2t", std::to_string(g_peaks.read_gbps_2t));
-  if (mla::kernels::kHaveAmx) {
+  if (mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) {
     benchmark::AddCustomContext("peak_amx_bf16_gflops_1t", std::to_string(g_peaks.amx_bf16_gflops_1t));
     benchmark::AddCustomContext("peak_amx_bf16_gflops_2t", std::to_string(g_peaks.amx_bf16_gflops_2t));
   }

@@ -254,7 +254,7 @@ TEST(Fp8LatentCache, DecodeMatchesReferenceOnDequantisedRows) {
     kernels::BatchedAbsorbedWorkspace ws;
     kernels::BlockwiseAbsorbedWorkspace bws;
     for (ThreadPool* pool_ptr : {static_cast<ThreadPool*>(nullptr), &pool2})
-      for (kernels::KernelPath path : kernels::compiled_paths())
+      for (kernels::KernelPath path : kernels::available_paths())
         for (const LatentRowsView<Fp8Latent>& view : {latent_rows(contiguous), paged.rows()}) {
           std::vector<float> out(ref.size(), NAN), lse(ref_lse.size(), NAN);
           kernels::paged_absorbed_attention(c.q_len, c.heads, q_lat.data(), q_pe.data(), view,

@@ -48,7 +48,7 @@ void check(const Case& cs, GemmB layout, bool accumulate, unsigned seed) {
   std::vector<float> first;
   ThreadPool pool2(2), pool3(3);
   kernels::GemmWorkspace ws;
-  for (KernelPath path : mla::kernels::compiled_paths())
+  for (KernelPath path : mla::kernels::available_paths())
     for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool2, &pool3}) {
       std::vector<float> got = c0;
       kernels::gemm(cs.M, cs.N, cs.K, a.data(), lda, b.data(), ldb, layout, got.data(), ldc,

@@ -104,7 +104,7 @@ void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol
                                 ref_lse.data());
   mla::ThreadPool pool1(1);
   GqaAttentionWorkspace ws;
-  for (KernelPath path : mla::kernels::compiled_paths()) {
+  for (KernelPath path : mla::kernels::available_paths()) {
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, pool2}) {
       std::vector<float> out(ref.size(), NAN), lse(rows, NAN);
       mla::kernels::gqa_attention(s, in.q.data(), Cache<T>::k(in), Cache<T>::v(in), scale, out.data(),
@@ -162,7 +162,7 @@ TEST(GqaAttention, IdenticalScoresGiveTheMeanRow) {
   Inputs in = make_inputs(q_len, heads, kv_heads, dim, dim, len, 0, 9);
   std::fill(in.q.begin(), in.q.end(), 0.0f);
   mla::ThreadPool pool2(2);
-  for (KernelPath path : mla::kernels::compiled_paths())
+  for (KernelPath path : mla::kernels::available_paths())
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
       GqaAttentionWorkspace ws;
       std::vector<float> out(std::size_t(q_len * heads * dim)), lse(std::size_t(q_len * heads));
@@ -191,7 +191,7 @@ TEST(GqaAttention, NoAllocationWithReservedWorkspace) {
   const std::size_t bytes = ws.bytes();
   std::vector<float> out(std::size_t(2 * 6 * 128)), lse(12);
   for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2})
-    for (KernelPath path : mla::kernels::compiled_paths()) {
+    for (KernelPath path : mla::kernels::available_paths()) {
       g_allocs = 0;
       g_count_allocs = true;
       mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_f.data(), in.v_f.data(), 0.1f,
@@ -252,7 +252,7 @@ void for_each_amx_run(const Inputs& in, float scale, Check&& check) {
 // every weight is a power of two and nothing is rounded, so the AMX path must match the float64
 // reference to float accuracy.
 TEST(GqaAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
-  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   const float scale = 1.0f / 1.4426950408889634f;
   const Heads hs[] = {{1, 1}, {4, 4}, {8, 2}, {9, 3}, {16, 2}, {64, 8}};
   const Index lens[] = {1, 2, 31, 33, 255, 256, 257, 700};
@@ -288,7 +288,7 @@ TEST(GqaAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
 // each weight's rounding to bf16, |o~ - o| <= ((1 + u') / (1 - u') - 1) max|v| with u' = 2^-8 +
 // 3e-6 (exp2 polynomial), and the log-sum-exp within -log(1 - u').
 TEST(GqaAttentionAmx, WithinTheBoundOfBf16Weights) {
-  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   const Heads hs[] = {{1, 1}, {8, 2}, {9, 3}, {64, 8}};
   const Index lens[] = {1, 7, 97, 300, 1000};
   const std::pair<Index, Index> dims[] = {{13, 29}, {128, 128}};
@@ -322,7 +322,7 @@ TEST(GqaAttentionAmx, WithinTheBoundOfBf16Weights) {
 }
 
 TEST(GqaAttentionAmx, FloatCacheAndNoAllocation) {
-  if (!mla::kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   mla::ThreadPool pool2(2);
   const Inputs in = make_inputs(2, 16, 2, 128, 128, 700, 0, 9);
   GqaAttentionWorkspace ws(in.shape, 2);

@@ -215,7 +215,7 @@ TEST(MlaPaths, Bf16LatentCacheAndThreadPoolTrackTheFloatCache) {
 }
 
 TEST(MlaPaths, AmxAttentionOptionReachesTheKernel) {
-  if (!kernels::kHaveAmx) GTEST_SKIP() << "built without AMX-BF16";
+  if (!kernels::path_available(kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   // Options::attention_path = kAmx: decode over a bf16 latent cache runs on the AMX tiles, which
   // round the query and the weights to bf16 (bounded in test_absorbed_attention). Here: the
   // option is honoured (the result moves off the float-accurate kernel's by about that rounding)

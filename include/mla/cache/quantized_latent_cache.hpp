@@ -27,13 +27,15 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
-
 #include "mla/core/check.hpp"
+#include "mla/core/isa.hpp"
+#include "mla/core/macros.hpp"
 #include "mla/core/types.hpp"
 #include "mla/io/fp8.hpp"
+
+#if MLA_X86_64
+#include <immintrin.h>
+#endif
 
 namespace mla {
 
@@ -150,7 +152,13 @@ inline void fp8_latent_dequantize_rows_portable(const std::uint8_t* src, Index s
   }
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+}  // namespace internal
+}  // namespace mla
+
+#if MLA_X86_SIMD
+MLA_TARGET_AVX2_BEGIN
+namespace mla {
+namespace internal {
 /// 8 E4M3 codes -> float, by bit arithmetic: placing the 7 magnitude bits at float bits 20..26
 /// gives a float whose exponent field is the E4M3 exponent, i.e. the value times 2^-120 (for
 /// exponent 0 a float subnormal, m * 2^-129, which is the E4M3 subnormal times 2^-120 too), so a
@@ -199,22 +207,25 @@ inline void fp8_latent_dequantize_rows_avx2(const std::uint8_t* src, Index src_s
     }
   }
 }
-#endif
-
 }  // namespace internal
+}  // namespace mla
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD
+
+namespace mla {
 
 /// Dequantises `rows` FP8 latent rows (`src_stride` bytes apart) into float rows
 /// dst [rows, R + P] (`dst_stride` floats apart): [e4m3(code) * scale | bf16 k_pe]. Exact: every
 /// product of an E4M3 value and a float scale that does not overflow is the float the reference
-/// dequantisation forms (one rounding).
+/// dequantisation forms (one rounding). Runs the AVX2 form where kernels::auto_path() allows it.
 inline void fp8_latent_dequantize_rows(const std::uint8_t* src, Index src_stride, Index rows,
                                        const Fp8LatentLayout& layout, float* dst,
                                        Index dst_stride) {
-#if defined(__AVX2__) && defined(__FMA__)
-  internal::fp8_latent_dequantize_rows_avx2(src, src_stride, rows, layout, dst, dst_stride);
-#else
-  internal::fp8_latent_dequantize_rows_portable(src, src_stride, rows, layout, dst, dst_stride);
+#if MLA_X86_SIMD
+  if (kernels::auto_path() != kernels::KernelPath::kPortable)
+    return internal::fp8_latent_dequantize_rows_avx2(src, src_stride, rows, layout, dst, dst_stride);
 #endif
+  internal::fp8_latent_dequantize_rows_portable(src, src_stride, rows, layout, dst, dst_stride);
 }
 
 /// Tag type naming the FP8 latent row format as a cache element type, e.g.

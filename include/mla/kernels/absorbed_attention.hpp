@@ -17,15 +17,16 @@
 // or bfloat16; the kernel reads rows 0 .. cache_len - 1 at `row_stride` elements apart.
 //
 // Three implementations of the tile operations (kernels::KernelPath): portable C++, AVX2+FMA
-// (8-wide, 16 registers) and AVX-512 (16-wide, 32 registers), picked at compile time by the
-// including project's -march. A bf16 cache is widened to float tile by tile (exact) and runs the
-// float GEMMs. AVX512-BF16's vdpbf16ps would skip the widening but round the query and P to bf16,
-// and on Sapphire Rapids it issues at half the rate of a 512-bit FMA: the machine probe measured
-// 83-88 GFLOP/s for it against 165-177 for fp32 FMA on one core, so a kernel built on it could
-// reach at most half the speed of the widening one there. AMX tiles are the bf16 engine of that
-// core: KernelPath::kAmx runs a bf16 cache through them (amx_attention.hpp), rounding the query
-// and the softmax weights to bf16, 3-5x faster than the widening kernel on one core; kAuto
-// keeps the exact-in-float kernels.
+// (8-wide, 16 registers) and AVX-512 (16-wide, 32 registers). Every translation unit compiles all
+// three (the SIMD ones in target regions, core/macros.hpp) and the call picks one at run time
+// (kAuto: the widest the CPU has, core/isa.hpp). A bf16 cache is widened to float tile by tile
+// (exact) and runs the float GEMMs. AVX512-BF16's vdpbf16ps would skip the widening but round the
+// query and P to bf16, and Sapphire Rapids issues it at half the rate of a 512-bit FMA (two bf16
+// products per lane per instruction, so no more FLOP per cycle than fp32 FMA), so a kernel built
+// on it could not beat the widening one there. AMX tiles are the bf16 engine of that core:
+// KernelPath::kAmx runs a bf16 cache through them (amx_attention.hpp), rounding the query and the
+// softmax weights to bf16, at many times the fp32 FMA rate; kAuto keeps the exact-in-float
+// kernels.
 #pragma once
 
 #include <algorithm>
@@ -42,9 +43,9 @@
 namespace mla {
 namespace internal {
 
-// Tile and block sizes of the AVX2 operations, chosen for this class of core (Zen 3/4: 32 KiB L1d,
-// 512 KiB-1 MiB L2, two 256-bit FMA pipes with 4-cycle latency, so >= 8 independent accumulators
-// are needed) and checked by sweeping them in benchmarks/kernel_bench.cpp's shapes (the AVX-512
+// Tile and block sizes of the AVX2 operations, chosen for AVX2 cores with 32 KiB of L1d, 512 KiB
+// or more of L2 and two 256-bit FMA pipes with 4-cycle latency (so >= 8 independent accumulators
+// are needed), and checked by sweeping them in benchmarks/kernel_bench.cpp's shapes (the AVX-512
 // operations' blocks are described at MlaAvx512Ops):
 // - Micro-kernels are 16 x 6 (scores: 16 query rows in two ymm x 6 cache rows) and 6 x 16
 //   (output: 6 query rows x 16 latent columns): 12 accumulators + 2 loads + 1 broadcast = 15 of
@@ -56,10 +57,9 @@ namespace internal {
 //   = 18 KiB at tn = 36) stay in L1 while the rows of O (256 KiB, in L2) stream through.
 // - kMlaTileRows = 36 cache rows per softmax step (a multiple of the 6-row block) is the largest
 //   tile whose P^T still fits in L1 next to the column strip; each tile rescales and reloads O
-//   once, ~5% of the tile's FMAs. In a sweep (L = 4096, 1 thread) 24 and 48 were a few percent
-//   slower and 72 was erratic (P^T spills L1). The tile (36 x 576 floats = 81 KiB), the packed
-//   query (288 KiB) and O (256 KiB) share the L2. The first version (64-row tiles, query panels
-//   streamed from L2 in the scores GEMM) ran at ~70% of peak; these choices brought it to ~85%.
+//   once, ~5% of the tile's FMAs. Smaller tiles pay that more often, larger ones spill P^T out of
+//   L1. The tile (36 x 576 floats = 81 KiB), the packed query (288 KiB) and O (256 KiB) share
+//   the L2.
 // - kMlaRowsPerPass = 128 query rows per pass over the cache: M = 256 (2 tokens x 128 heads) would
 //   double the query and accumulator and spill L2; re-reading the cache per pass instead costs
 //   only ~2.3 KB of memory traffic per 280 kFLOP.
@@ -104,7 +104,7 @@ struct AbsorbedLayout {
     per_thread.take(3 * pass_rows16);                   // running max, running sum, alpha
     scratch_stride = per_thread.used();
     Index q_floats = round_up(m, kMlaPanel) * row_dim;
-    if (kernels::kHaveAmx) {  // the AMX form's query tiles and per-thread chunk buffers
+    if (kernels::path_available(kernels::KernelPath::kAmx)) {  // the AMX form's query tiles and chunks
       scratch_stride = std::max(scratch_stride, amx_scratch_floats(pass_rows16, row_dim, kv_lora));
       q_floats = std::max(q_floats, amx_query_floats(m, row_dim));
     }
@@ -200,7 +200,8 @@ struct MlaPortableOps {
   }
 };
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if MLA_X86_SIMD
+MLA_TARGET_AVX2_BEGIN
 /// AVX2 + FMA tile operations.
 struct MlaAvx2Ops {
   static constexpr bool kDenseFloatTiles = false;
@@ -292,7 +293,7 @@ struct MlaAvx2Ops {
                                Index stride, float* o, Index ldo, const float* alpha,
                                __m256i mask0, __m256i mask1) {
     // The tile's sum starts from zero and O (in L2) is folded in at the end: the FMA chains start
-    // at once instead of waiting for the O loads (accumulate 78 -> 84 GFLOP/s on L2-resident data).
+    // at once instead of waiting for the O loads.
     __m256 acc0[MR], acc1[MR];
     MLA_UNROLL
     for (int i = 0; i < MR; ++i) {
@@ -356,31 +357,34 @@ struct MlaAvx2Ops {
     }
   }
 };
-#endif
+MLA_TARGET_END
 
-#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-/// AVX-512 tile operations: the same two GEMMs with 16-wide vectors and 32 registers (what a
-/// Sapphire Rapids / Zen 4 core offers: two 512-bit FMA pipes on Intel, 48 KiB L1d). The bf16
-/// widening and the softmax are the AVX2 ones (a few % of the work).
+MLA_TARGET_AVX512_BEGIN
+/// AVX-512 tile operations: the same two GEMMs with 16-wide vectors and 32 registers (two 512-bit
+/// FMA pipes and 48 KiB of L1d on the Intel cores that have them). The softmax is the AVX2 one
+/// (a few % of the work); bf16 tiles are widened 16 values at a time.
 /// - Scores: NP query panels (up to 4 x 16 rows, one zmm each per k step) x NT (up to 6) cache
 ///   rows: 24 accumulators, 4 loads and 6 broadcasts per 24 FMAs. kc = 288 (two chunks of the
 ///   576-wide row): the 4-panel query slice (72 KiB) streams from L2, which keeps up with 4 loads
-///   per 12 cycles; kc = 96 / 144, whose slices fit the 48 KiB L1, measured 75-97% / 74-79% of the
-///   FMA peak on L2-resident data against 92-98% for 288 (fewer passes over S, fewer calls).
+///   per 12 cycles. Smaller kc (96, 144), whose slices would fit the L1, ran slower on
+///   L2-resident data: more passes over S and more calls outweigh the L1 hits.
 /// - Output: MR (up to 6) query rows x 64 latent columns (four zmm): 24 accumulators, 4 loads of
 ///   the tile row and 6 broadcasts of P per 24 FMAs; a 64-column strip of the tile
 ///   (36 x 256 B = 9 KiB) and the P^T tile (18 KiB) stay in L1 while O streams from L2.
-///   86-90% of peak on L2-resident data; 48-72-row tiles measured no better.
-/// - Prefetching the next tile into L2 in software measured +1-3% (within this VM's noise) and
-///   was left out; copying a float tile to a dense buffer first (kDenseFloatTiles) was kept.
 struct MlaAvx512Ops : MlaAvx2Ops {
-  // Float tiles are copied to a dense buffer first (rows_as_float): +4-7% in four interleaved
-  // comparisons (L = 4k and 16k, 1 and 2 threads) on Sapphire Rapids, where the scores block's
-  // lockstep reads of six rows straight from DRAM stalled.
+  // Float tiles are copied to a dense buffer first (rows_as_float): the scores block reads six
+  // rows in lockstep, which the hardware prefetcher does not follow, and straight from DRAM those
+  // reads stall; the copy reads the tile row after row.
   static constexpr bool kDenseFloatTiles = true;
   static constexpr Index kScoresKc = 288;
   static constexpr int kMaxPanels = 4;
   static constexpr int kMaxRows = 6;
+
+  template <class T>
+  static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
+                    Index dst_stride) {
+    widen_rows_avx512(src, src_stride, rows, cols, dst, dst_stride);
+  }
 
   template <int NP, int NT, bool kAdd>
   MLA_NOINLINE static void scores_block(const float* q, Index panel_stride, const float* rows,
@@ -463,7 +467,7 @@ struct MlaAvx512Ops : MlaAvx2Ops {
     for (Index t = 0; t < tn; ++t) {
       const float* r = rows + t * stride;
       // Plain loads where the strip is whole: a masked load costs an extra ALU uop on the FMA
-      // ports of Intel cores (measured: accumulate 75% -> 83% of peak on L2-resident data).
+      // ports of Intel cores.
       const __m512 v0 = kMasked ? _mm512_maskz_loadu_ps(m0, r) : _mm512_loadu_ps(r);
       const __m512 v1 = kMasked ? _mm512_maskz_loadu_ps(m1, r + 16) : _mm512_loadu_ps(r + 16);
       const __m512 v2 = kMasked ? _mm512_maskz_loadu_ps(m2, r + 32) : _mm512_loadu_ps(r + 32);
@@ -519,18 +523,17 @@ struct MlaAvx512Ops : MlaAvx2Ops {
       });
   }
 };
-#endif
+MLA_TARGET_END
 
-#if defined(MLA_HAVE_AMX)
 /// kernels::KernelPath::kAmx: the AVX-512 operations, except that a bf16 cache runs the AMX form
 /// (amx_attention.hpp) instead of the float tile loop.
 struct MlaAmxOps : MlaAvx512Ops {};
-#endif
+#endif  // MLA_X86_SIMD
 
 /// True when `Ops` and the cache type select the AMX form.
 template <class Ops, class CacheScalar>
 constexpr bool uses_amx_form() {
-#if defined(MLA_HAVE_AMX)
+#if MLA_X86_SIMD
   return std::is_same_v<Ops, MlaAmxOps> && std::is_same_v<CacheScalar, bfloat16>;
 #else
   return false;
@@ -551,7 +554,7 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
 
   constexpr bool kAmxForm = uses_amx_form<Ops, CacheScalar>();
   if constexpr (kAmxForm) {
-#if defined(MLA_HAVE_AMX)
+#if MLA_X86_SIMD
     amx_pack_query(q_lat, q_pe, m_rows, shape.kv_lora, shape.rope, softmax_scale * kLog2e,
                    reinterpret_cast<std::uint16_t*>(lay.q_packed));
 #endif
@@ -575,7 +578,7 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
     const Index j_begin = cache_len * split / splits;
     const Index j_end = cache_len * (split + 1) / splits;
     if constexpr (kAmxForm) {
-#if defined(MLA_HAVE_AMX)
+#if MLA_X86_SIMD
       // Score rows are the whole latent rows [c_kv | k_pe]; value rows their c_kv part.
       const AmxAttentionRows rows{cache, shape.row_stride, k_dim, cache, shape.row_stride, d_dim,
                                   m0, shape.num_heads, first_masked};
@@ -616,8 +619,8 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
   });
 
   // The combine reads every split's partial output (splits x M x kv_lora floats, 2 MiB for 8
-  // splits of 128 x 512): on one thread it was ~3% of a 2-thread call at L = 4k, so the rows are
-  // shared out too. Each row's combine is the same arithmetic whichever thread runs it.
+  // splits of 128 x 512), a few % of a multi-threaded call, so the rows are shared out too. Each
+  // row's combine is the same arithmetic whichever thread runs it.
   const Index combine_tasks = splits > 1 ? std::min<Index>(m_rows, Index(threads) * 4) : 1;
   parallel_for(pool, combine_tasks, [&](Index task, int) {
     const Index m_end = m_rows * (task + 1) / combine_tasks;
@@ -630,20 +633,14 @@ void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const 
   });
 }
 
-/// Calls fn(Ops{}) with the tile operations of `path` (see kernels::KernelPath).
+/// Calls fn(Ops{}) with the tile operations of `path` (see kernels::KernelPath), chosen at run
+/// time; throws as kernels::resolve_path does when the CPU lacks the path.
 template <class Fn>
 void with_mla_ops(kernels::KernelPath path, Fn&& fn) {
-  const kernels::KernelPath p = kernels::resolve_path(path);  // throws if not compiled in
-#if defined(MLA_HAVE_AMX)
-  if (path == kernels::KernelPath::kAmx) {
-    require_amx_tiles();
-    return fn(MlaAmxOps{});
-  }
-#endif
-#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+  const kernels::KernelPath p = kernels::resolve_path(path);
+#if MLA_X86_SIMD
+  if (path == kernels::KernelPath::kAmx) return fn(MlaAmxOps{});
   if (p == kernels::KernelPath::kAvx512) return fn(MlaAvx512Ops{});
-#endif
-#if defined(__AVX2__) && defined(__FMA__)
   if (p == kernels::KernelPath::kAvx2) return fn(MlaAvx2Ops{});
 #endif
   (void)p;
@@ -694,11 +691,11 @@ class AbsorbedAttentionWorkspace {
 /// Shapes: q_lat [M, kv_lora], q_pe [M, rope], cache [>= cache_len rows, row_stride] (float or
 /// bfloat16), o_lat [M, kv_lora], lse [M]; M = q_len * num_heads, all row-major and contiguous.
 /// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
-/// `path` = KernelPath::kAmx (AMX builds) runs a bf16 cache on the AMX tile unit, with the query
+/// `path` = KernelPath::kAmx (CPUs with AMX-BF16) runs a bf16 cache on the AMX tile unit, with the query
 /// and the softmax weights rounded to bf16 (output error up to ~2^-7 max|c| beyond the float
 /// kernels'; see amx_attention.hpp); a float cache runs the AVX-512 kernel for it.
-/// Throws std::invalid_argument for inconsistent shapes, null pointers or a path not compiled
-/// in, std::runtime_error when the OS refuses the AMX tile state.
+/// Throws std::invalid_argument for inconsistent shapes, null pointers or a path this CPU lacks,
+/// std::runtime_error when the OS refuses the AMX tile state.
 template <class CacheScalar>
 void absorbed_attention(const AbsorbedAttentionShape& shape, const float* q_lat, const float* q_pe,
                         const CacheScalar* cache, float softmax_scale, float* o_lat, float* lse,

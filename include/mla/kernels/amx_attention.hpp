@@ -3,9 +3,8 @@
 // (absorbed_attention.hpp: score rows = latent rows [c_kv | k_pe], value rows = their c_kv) and
 // the MHA/GQA kernel (gqa_attention.hpp: a kv head's K and V rows).
 //
-// Sapphire Rapids' tile unit multiplies bf16 tiles at ~1000 FLOP per cycle per core (measured
-// here: ~1950-2300 GFLOP/s on one core against ~170 for 512-bit fp32 FMA), with float
-// accumulators. One instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is
+// Sapphire Rapids' tile unit multiplies bf16 tiles at ~1000 FLOP per cycle per core (about 16x
+// the 64 FLOP per cycle of two 512-bit fp32 FMA pipes), with float accumulators. One instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is
 // row-major bf16 and B is stored in pairs along the reduction axis ("VNNI": B[k/2][n][k % 2]).
 // A decode step is two such GEMMs per chunk of cache rows, so the work is arranging the operands:
 // - Scores, transposed: S^T[t, m] = K[t, :] . Q[m, :]. A = the cache rows as they are (or a
@@ -27,6 +26,10 @@
 // output to the weight part of that bound with the query's rounding reproduced, and to float
 // accuracy where every weight is a power of two. That is the trade every bf16 attention kernel
 // makes (vdpbf16ps and AMX alike); kAuto never picks this path.
+//
+// The tile code is compiled in every translation unit inside an AMX target region
+// (core/macros.hpp) and runs only after kernels::resolve_path(KernelPath::kAmx) found the
+// instructions and got the OS's grant of the tile state (core/isa.hpp).
 #pragma once
 
 #include <algorithm>
@@ -34,16 +37,15 @@
 #include <cstring>
 #include <limits>
 
+#include "mla/core/arena.hpp"
 #include "mla/core/check.hpp"
+#include "mla/core/macros.hpp"
 #include "mla/core/types.hpp"
 #include "mla/kernels/decode_common.hpp"
+#include "mla/simd/avx512.hpp"
 
-#if defined(MLA_HAVE_AMX)
+#if MLA_X86_64
 #include <immintrin.h>
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 #endif
 
 namespace mla {
@@ -88,30 +90,13 @@ inline Index amx_query_floats(Index m_rows, Index k_dim) {
   return round_up(m_rows, 16) * round_up(k_dim, 32) / 2;
 }
 
-#if defined(MLA_HAVE_AMX)
+}  // namespace internal
+}  // namespace mla
 
-/// Asks the OS once per process for the AMX tile register state (Linux gates it behind
-/// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the grant covers every thread). Without
-/// it the first tile instruction would kill the process with SIGILL.
-inline bool amx_tiles_granted() {
-  static const bool granted = [] {
-#if defined(__linux__)
-    constexpr long kArchReqXcompPerm = 0x1023;
-    constexpr long kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-#else
-    return false;
-#endif
-  }();
-  return granted;
-}
-
-/// Throws std::runtime_error unless the OS granted the tile state (see amx_tiles_granted).
-inline void require_amx_tiles() {
-  MLA_CHECK_DATA(amx_tiles_granted(),
-                 "kernel path amx-bf16: the OS did not grant the AMX tile state "
-                 "(arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed; Linux >= 5.16 needed)");
-}
+#if MLA_X86_SIMD
+MLA_TARGET_AMX_BEGIN
+namespace mla {
+namespace internal {
 
 /// Every tile 16 rows x 64 bytes: tiles 0-3 accumulate, 4-5 hold A operands, 6-7 B operands.
 inline void amx_configure_tiles() {
@@ -129,28 +114,6 @@ inline void amx_configure_tiles() {
     cfg.rows[i] = 16;
   }
   _tile_loadconfig(&cfg);
-}
-
-// GCC 12's forms of these intrinsics pass _mm512_undefined_ps() as the merge source, which its
-// -Wuninitialized flags wherever they are inlined (GCC bug 105593, fixed in 13); the zero-masking
-// forms with every lane selected compile to the same instructions without it.
-inline __m512 max_ps512(__m512 a, __m512 b) { return _mm512_maskz_max_ps(__mmask16(0xFFFF), a, b); }
-inline __m512 round_ps512(__m512 a) {
-  return _mm512_maskz_roundscale_ps(__mmask16(0xFFFF), a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-inline __m512 scalef_ps512(__m512 a, __m512 b) { return _mm512_maskz_scalef_ps(__mmask16(0xFFFF), a, b); }
-
-/// 2^x for x <= 0 (softmax weights), 0 below -200 and for -inf. x = n + f, |f| <= 1/2; 2^f by its
-/// degree-5 Taylor polynomial in f ln 2 (relative error < 2.5e-6, far below the bf16 rounding
-/// that follows), scaled by 2^n with vscalefps.
-inline __m512 exp2_avx512(__m512 x) {
-  x = max_ps512(x, _mm512_set1_ps(-200.0f));
-  const __m512 n = round_ps512(x);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(kExp2Taylor[5]);
-  MLA_UNROLL
-  for (int i = 4; i >= 0; --i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Taylor[i]));
-  return scalef_ps512(p, n);
 }
 
 /// Packs the query rows Q = [q_lat | q_pe] * qscale (q_pe may be null when rope = 0) as bf16 B
@@ -440,7 +403,7 @@ inline void amx_attention_task(const AmxAttentionRows& in, const std::uint16_t* 
   }
 }
 
-#endif  // MLA_HAVE_AMX
-
 }  // namespace internal
 }  // namespace mla
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD

@@ -6,14 +6,17 @@
 //
 // Layout (BLIS, Goto & van de Geijn): B is packed into 16-column micro-panels [kc][16] and A into
 // 6-row micro-panels [kc][6]; a 6 x 16 register block (12 ymm accumulators, 2 vector loads of B
-// and 6 broadcasts of A per k step) computes each tile of C; where the build targets AVX-512, a
-// 12 x 32 block over two A and two B micro-panels (24 zmm accumulators) computes the whole tiles
-// and the 6 x 16 one the edges. The B micro-panel (kc x 16 floats,
-// 16 KiB at kc = 256) stays in L1 while the A micro-panels of an MC-row block stream from L2
-// (72 x 256 floats = 72 KiB); the packed B block (kc x NC = 1 MiB) lives in L2/L3. Packing also
-// widens bf16 weights, so bf16 B costs nothing extra in the inner loop. On this machine (Zen 4,
-// AVX2) the 6 x 16 block runs at ~85-90% of the FMA peak on packed data; Eigen 3.4's products on
-// the same shapes reached 51-57% (measured with DeepSeek-V3 prefill shapes, T = 2048, 1 thread).
+// and 6 broadcasts of A per k step) computes each tile of C; on the AVX-512 path a 12 x 32 block
+// over two A and two B micro-panels (24 zmm accumulators) computes the whole tiles and the
+// 6 x 16 one the edges. The B micro-panel (kc x 16 floats, 16 KiB at kc = 256) stays in L1 while
+// the A micro-panels of an MC-row block stream from L2 (72 x 256 floats = 72 KiB); the packed B
+// block (kc x NC = 1 MiB) lives in L2/L3. Packing also widens bf16 weights, so bf16 B costs
+// nothing extra in the inner loop. The register blocks keep both FMA pipes busy on packed data,
+// which Eigen 3.4's general products on these shapes do not.
+//
+// Paths (kernels::KernelPath, chosen at run time): portable loops, AVX2+FMA (the 6 x 16 block and
+// the few-row products) and AVX-512 (the 12 x 32 block and 16 x 16 transposes when packing a
+// transposed B). The SIMD code sits in target regions (core/macros.hpp).
 //
 // Threads take column ranges of C (each packs its own B and A blocks); when N is narrow they take
 // row ranges instead. Every element of C sums its K products in the same order whatever the
@@ -24,19 +27,19 @@
 #include <cstddef>
 #include <type_traits>
 
+#include "mla/core/arena.hpp"
+#include "mla/core/bf16.hpp"
 #include "mla/core/check.hpp"
+#include "mla/core/isa.hpp"
+#include "mla/core/macros.hpp"
+#include "mla/core/shapes.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
-#include "mla/kernels/decode_common.hpp"
+#include "mla/simd/avx2.hpp"
+#include "mla/simd/avx512.hpp"
+#include "mla/simd/portable.hpp"
 
 namespace mla {
-namespace kernels {
-
-/// How B is stored: kTransposed = [N, K] rows (C = A B^T), kPlain = [K, N] rows (C = A B).
-enum class GemmB { kTransposed, kPlain };
-
-}  // namespace kernels
-
 namespace internal {
 
 inline constexpr Index kGemmMr = 6;
@@ -53,38 +56,58 @@ constexpr Index gemm_scratch_floats() {
   return kGemmKc * kGemmNc + kGemmMc * kGemmKc + kGemmMr * kGemmNr + 3 * 16;
 }
 
-/// Packs op(B)[k0 .. k0+kc, n0 .. n0+nc) into micro-panels [nc/16][kc][16] (zero columns past nc).
+}  // namespace internal
+}  // namespace mla
+
+#if MLA_X86_SIMD
+MLA_TARGET_AVX512_BEGIN
+namespace mla {
+namespace internal {
+/// The first k_done = kc rounded down to 16 rows of a whole 16-column micro-panel of a transposed
+/// B (src = B row n, k0; rows ldb apart), 16 k at a time: 16 rows x 16 values loaded, transposed
+/// in registers and stored as 16 panel rows, instead of a scalar scatter (one 4-byte store per
+/// value). Returns k_done.
+template <class TB>
+Index gemm_pack_b_panel_avx512(const TB* src, Index ldb, Index kc, float* dst) {
+  Index k_done = 0;
+  for (; k_done + 16 <= kc; k_done += 16) {
+    __m512i r[16];
+    MLA_UNROLL
+    for (int j = 0; j < 16; ++j) r[j] = _mm512_castps_si512(load16_widen(src + j * ldb + k_done));
+    transpose16_epi32(r);
+    MLA_UNROLL
+    for (int k = 0; k < 16; ++k) _mm512_store_si512(dst + (k_done + k) * kGemmNr, r[k]);
+  }
+  return k_done;
+}
+}  // namespace internal
+}  // namespace mla
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD
+
+namespace mla {
+namespace internal {
+
+/// Packs op(B)[k0 .. k0+kc, n0 .. n0+nc) into micro-panels [nc/16][kc][16] (zero columns past nc);
+/// `simd512`: the AVX-512 path, which transposes whole panels of a transposed B in registers.
 template <class TB>
 void gemm_pack_b(const TB* b, Index ldb, kernels::GemmB layout, Index k0, Index kc, Index n0,
-                 Index nc, float* packed) {
+                 Index nc, float* packed, bool simd512) {
   for (Index j0 = 0; j0 < nc; j0 += kGemmNr) {
     float* dst = packed + j0 * kc;
     const Index w = std::min(kGemmNr, nc - j0);
     if (layout == kernels::GemmB::kTransposed) {
-      // Short row segments (kc elements) of many rows: prefetch the next panel's, as in
-      // gemm_pack_a (packing stalled on these loads in a prefill profile).
+      // Short row segments (kc elements) of many rows, which the hardware prefetcher does not
+      // follow: prefetch the next panel's, as in gemm_pack_a.
       if (j0 + kGemmNr < nc)
         prefetch_row_segments(b + (n0 + j0 + kGemmNr) * ldb + k0, std::min(kGemmNr, nc - j0 - kGemmNr),
                               ldb * Index(sizeof(TB)), kc * Index(sizeof(TB)));
       // Column j of op(B) is row n0 + j of B: read each row once, scatter into the panel.
       Index k_done = 0;
-#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-      // A whole panel 16 k at a time: 16 rows x 16 values, transposed in registers, instead of
-      // the scalar scatter below (one 4-byte store per value). In the T = 2048 prefill profile
-      // packing B took 6.5% of the time (2.8% V in P V, 1.9% projection weights, the rest K_h);
-      // 3.1% with this and causal_probs_times_values' larger tiles.
-      if (w == kGemmNr) {
-        const TB* src = b + (n0 + j0) * ldb + k0;
-        for (; k_done + 16 <= kc; k_done += 16) {
-          __m512i r[16];
-          MLA_UNROLL
-          for (int j = 0; j < 16; ++j)
-            r[j] = _mm512_castps_si512(load16_widen(src + j * ldb + k_done));
-          transpose16_epi32(r);
-          MLA_UNROLL
-          for (int k = 0; k < 16; ++k) _mm512_store_si512(dst + (k_done + k) * kGemmNr, r[k]);
-        }
-      }
+#if MLA_X86_SIMD
+      // Packing a transposed B is a visible part of a prefill's time (the weights of every
+      // projection, K of every head), so whole panels are transposed 16 x 16 in registers.
+      if (simd512 && w == kGemmNr) k_done = gemm_pack_b_panel_avx512(b + (n0 + j0) * ldb + k0, ldb, kc, dst);
 #endif
       for (Index j = 0; j < w; ++j) {
         const TB* src = b + (n0 + j0 + j) * ldb + k0;
@@ -110,8 +133,8 @@ inline void gemm_pack_a(const float* a, Index lda, Index m0, Index mc, Index k0,
     float* dst = packed + i0 * kc;
     const Index h = std::min(kGemmMr, mc - i0);
     // A is often a large matrix written just before (P in the naive path's P V, 16 MiB at
-    // T = 2048) whose short row segments (kc floats) the hardware prefetcher does not pick up:
-    // packing stalled on these loads (81% of its samples). Ask for the next panel's rows now.
+    // T = 2048) whose short row segments (kc floats) the hardware prefetcher does not pick up, so
+    // packing would stall on these loads. Ask for the next panel's rows now.
     if (i0 + kGemmMr < mc)
       prefetch_row_segments(a + (m0 + i0 + kGemmMr) * lda + k0, std::min(kGemmMr, mc - i0 - kGemmMr),
                             lda * Index(sizeof(float)), kc * Index(sizeof(float)));
@@ -132,7 +155,13 @@ inline void gemm_tile_portable(Index kc, const float* ap, const float* bp, float
       for (Index j = 0; j < kGemmNr; ++j) tile[i * kGemmNr + j] += ap[k * kGemmMr + i] * bp[k * kGemmNr + j];
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+}  // namespace internal
+}  // namespace mla
+
+#if MLA_X86_SIMD
+MLA_TARGET_AVX2_BEGIN
+namespace mla {
+namespace internal {
 /// AVX2 micro-kernel: the 6 x 16 tile sum_k ap[k][0..6] x bp[k][0..16], stored to c (rows ldc
 /// apart; gemm_block passes C itself for a whole tile, a [6][16] scratch tile at the edges), or
 /// added to what c holds when `accumulate`.
@@ -172,21 +201,22 @@ MLA_NOINLINE inline void gemm_tile_avx2(Index kc, const float* ap, const float* 
     _mm256_storeu_ps(ci + 8, acc1[i]);
   }
 }
-#endif
+}  // namespace internal
+}  // namespace mla
+MLA_TARGET_END
 
-#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+MLA_TARGET_AVX512_BEGIN
+namespace mla {
+namespace internal {
 /// AVX-512 micro-kernel over the same packing: two A micro-panels (12 rows) x two B micro-panels
 /// (32 columns, two zmm per k step) = 24 zmm accumulators, 2 loads of B and 12 broadcasts of A
 /// per 24 FMAs. The two B micro-panels (2 x kc x 64 B = 32 KiB at kc = 256) stay in the 48 KiB L1
 /// of an AVX-512 core while the A micro-panels stream from L2. c holds a whole 12 x 32 tile.
 /// Unlike the AVX2 tile it does not prefetch its C lines into L1: with C rows a multiple of 4 KiB
-/// apart (N = 1024, 2048, ...) the 24 lines share one L1 set and evict the B panels; on packed
-/// data (Sapphire Rapids, 1 thread) the prefetching version ran at 66-68% of the FMA peak, this
-/// one at 89-92% (and at 92-95% with the prefetch but a 1040-float row stride). It asks for them
-/// in L2 instead (prefetcht1): L2 sets are indexed by address bits 6-16, so rows 4 KiB apart do
-/// not collide there, and the C tile (re-read once per kc block, from DRAM when C is large) is
-/// then an L2 hit after the k loop. On o_proj's prefill shape (2048 x 7168 x 16384, 1 thread)
-/// the GEMM went from 168-170 to 174-178 GFLOP/s.
+/// apart (N = 1024, 2048, ...) the 24 lines share one L1 set and evict the B panels, which costs
+/// far more than the misses it saves. It asks for them in L2 instead (prefetcht1): L2 sets are
+/// indexed by address bits 6-16, so rows 4 KiB apart do not collide there, and the C tile
+/// (re-read once per kc block, from DRAM when C is large) is then an L2 hit after the k loop.
 MLA_NOINLINE inline void gemm_tile_avx512(Index kc, const float* ap0, const float* ap1,
                                           const float* bp0, const float* bp1, float* c, Index ldc,
                                           bool accumulate) {
@@ -225,21 +255,27 @@ MLA_NOINLINE inline void gemm_tile_avx512(Index kc, const float* ap0, const floa
     _mm512_storeu_ps(ci + kGemmNr, acc1[i]);
   }
 }
-#endif
+}  // namespace internal
+}  // namespace mla
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD
 
-/// One 6 x 16 tile of C (h x w valid) from packed panels, by the AVX2 or the portable kernel.
+namespace mla {
+namespace internal {
+
+/// One 6 x 16 tile of C (h x w valid) from packed panels, by the AVX2 (`simd`) or the portable
+/// kernel.
 inline void gemm_tile(Index kc, const float* ap, const float* bp, float* ct, Index ldc, Index h,
                       Index w, bool add, bool simd, float* tile) {
-#if defined(__AVX2__) && defined(__FMA__)
+#if MLA_X86_SIMD
   if (simd && h == kGemmMr && w == kGemmNr) {
     gemm_tile_avx2(kc, ap, bp, ct, ldc, add);
     return;
   }
-  if (simd) {
+  if (simd)
     gemm_tile_avx2(kc, ap, bp, tile, kGemmNr, false);
-  } else {
+  else
     gemm_tile_portable(kc, ap, bp, tile);
-  }
 #else
   (void)simd;
   gemm_tile_portable(kc, ap, bp, tile);
@@ -263,12 +299,12 @@ void gemm_block(Index m0, Index mc_total, Index n0, Index nc_total, Index K, con
     for (Index pc = 0; pc < K; pc += kGemmKc) {
       const Index kc = std::min(kGemmKc, K - pc);
       const bool add = accumulate || pc > 0;  // later K blocks add to what the first wrote
-      gemm_pack_b(b, ldb, layout, pc, kc, jc, nc, pb);
+      gemm_pack_b(b, ldb, layout, pc, kc, jc, nc, pb, simd512);
       for (Index ic = m0; ic < m0 + mc_total; ic += kGemmMc) {
         const Index mc = std::min(kGemmMc, m0 + mc_total - ic);
         gemm_pack_a(a, lda, ic, mc, pc, kc, pa);
         Index jr = 0;
-#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#if MLA_X86_SIMD
         // Whole 12 x 32 tiles with the AVX-512 kernel; the edges below with 6 x 16 tiles. Both
         // sum each element's k products in the same order, so the split does not change C.
         if (simd512) {
@@ -299,19 +335,23 @@ void gemm_block(Index m0, Index mc_total, Index n0, Index nc_total, Index K, con
 // Rows of B at least this long are read four at a time (gemv_rows_avx2<4>), shorter ones one
 // after the other. Four rows in lockstep are four sequential streams when each row owns its own
 // pages, but rows of a few KiB share pages, and the hardware prefetcher does not follow reads
-// that hop between rows of one page. Measured on the Zen 4 VM, 1 thread, 64 MiB of B, GB/s
-// (one row at a time -> four): f32 K = 1536 (6 KiB rows) 19.1 -> 14.5, K = 2048 (8 KiB)
-// 12.2 -> 17.6, K = 7168 13.0 -> 18.2, K = 16384 14.8 -> 21.4; bf16 K = 3072 (6 KiB) 19.2 -> 13.2,
-// K = 4096 (8 KiB) 9.1 -> 13.4, K = 16384 10.2 -> 16.7.
+// that hop between rows of one page: timed over 64 MiB of B, rows of 6 KiB streamed faster one
+// at a time and rows of 8 KiB and more four at a time, for float and bf16 alike.
 inline constexpr Index kGemvGroupMinRowBytes = 8192;
 
-#if defined(__AVX2__) && defined(__FMA__)
+}  // namespace internal
+}  // namespace mla
+
+#if MLA_X86_SIMD
+MLA_TARGET_AVX2_BEGIN
+namespace mla {
+namespace internal {
 /// out[r] = a . B[r, :] over K for R <= 4 rows of B (`ldb` apart) at once. Each row keeps two
 /// accumulators (alternate 8-wide blocks of k) and is reduced by the same reduce4_avx2 tree
 /// whether it shares a block with 0 or 3 other rows, so a result does not depend on how the rows
 /// were grouped (or split over threads). The 4 rows share every load of `a`: with K = 16384 the
-/// row of A (64 KiB) lives in L2, and loading it once per row held one-row dot products to
-/// 10-16 GB/s.
+/// row of A (64 KiB) lives in L2, and loading it once per row would make the L2 rather than the
+/// stream of B the limit.
 template <int R, class TB>
 inline void gemv_rows_avx2(Index K, const float* a, const TB* b, Index ldb, float* out) {
   __m256 v0[R], v1[R];
@@ -338,39 +378,67 @@ inline void gemv_rows_avx2(Index K, const float* a, const TB* b, Index ldb, floa
     out[r] = acc;
   }
 }
-#endif
 
-/// Few rows of A: C[m, :] op= A[m, :] op(B), streaming B once for all rows (no packing). Each
-/// output is summed the same way whatever rows or threads share its block, so results do not
-/// depend on the thread count.
+/// gemm_small_m's AVX2 form for a transposed B ([N, K] rows): dot products of A's rows with B's,
+/// long rows of B four at a time (they share each load of A's row), short rows one by one.
+template <class TB>
+void gemm_small_m_bt_avx2(Index M, Index n0, Index n1, Index K, const float* a, Index lda,
+                          const TB* b, Index ldb, float* c, Index ldc, bool accumulate) {
+  const Index group = K * Index(sizeof(TB)) >= kGemvGroupMinRowBytes ? 4 : 1;
+  for (Index n = n0; n < n1; n += group) {
+    const Index rows = std::min<Index>(group, n1 - n);
+    for (Index m = 0; m < M; ++m) {
+      float dots[4];
+      const float* am = a + m * lda;
+      const TB* bn = b + n * ldb;
+      switch (rows) {
+        case 4: gemv_rows_avx2<4>(K, am, bn, ldb, dots); break;
+        case 3: gemv_rows_avx2<3>(K, am, bn, ldb, dots); break;
+        case 2: gemv_rows_avx2<2>(K, am, bn, ldb, dots); break;
+        default: gemv_rows_avx2<1>(K, am, bn, ldb, dots); break;
+      }
+      float* cm = c + m * ldc + n;
+      for (Index r = 0; r < rows; ++r) cm[r] = accumulate ? cm[r] + dots[r] : dots[r];
+    }
+  }
+}
+
+/// gemm_small_m's AVX2 form for a plain B ([K, N] rows): C[m, n0:n1] += A[m, k] B[k, n0:n1] over k,
+/// 8 columns at a time (same order of sums per element as the portable loop).
+template <class TB>
+void gemm_small_m_b_avx2(Index M, Index n0, Index n1, Index K, const float* a, Index lda,
+                         const TB* b, Index ldb, float* c, Index ldc) {
+  for (Index m = 0; m < M; ++m) {
+    float* cm = c + m * ldc;
+    for (Index k = 0; k < K; ++k) {
+      const float am = a[m * lda + k];
+      const TB* bk = b + k * ldb;
+      const __m256 va = _mm256_set1_ps(am);
+      Index n = n0;
+      for (; n + 8 <= n1; n += 8)
+        _mm256_storeu_ps(cm + n, _mm256_fmadd_ps(va, load8_widen(bk + n), _mm256_loadu_ps(cm + n)));
+      for (; n < n1; ++n) cm[n] += am * to_float(bk[n]);
+    }
+  }
+}
+}  // namespace internal
+}  // namespace mla
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD
+
+namespace mla {
+namespace internal {
+
+/// Few rows of A: C[m, :] op= A[m, :] op(B), streaming B once for all rows (no packing), by the
+/// AVX2 forms above (`simd`) or plain loops. Each output is summed the same way whatever rows or
+/// threads share its block, so results do not depend on the thread count.
 template <class TB>
 void gemm_small_m(Index M, Index n0, Index n1, Index K, const float* a, Index lda, const TB* b,
                   Index ldb, kernels::GemmB layout, float* c, Index ldc, bool accumulate,
                   bool simd) {
-  (void)simd;
   if (layout == kernels::GemmB::kTransposed) {
-#if defined(__AVX2__) && defined(__FMA__)
-    if (simd) {
-      // Long rows of B four at a time (they share each load of A's row), short rows one by one.
-      const Index group = K * Index(sizeof(TB)) >= kGemvGroupMinRowBytes ? 4 : 1;
-      for (Index n = n0; n < n1; n += group) {
-        const Index rows = std::min<Index>(group, n1 - n);
-        for (Index m = 0; m < M; ++m) {
-          float dots[4];
-          const float* am = a + m * lda;
-          const TB* bn = b + n * ldb;
-          switch (rows) {
-            case 4: gemv_rows_avx2<4>(K, am, bn, ldb, dots); break;
-            case 3: gemv_rows_avx2<3>(K, am, bn, ldb, dots); break;
-            case 2: gemv_rows_avx2<2>(K, am, bn, ldb, dots); break;
-            default: gemv_rows_avx2<1>(K, am, bn, ldb, dots); break;
-          }
-          float* cm = c + m * ldc + n;
-          for (Index r = 0; r < rows; ++r) cm[r] = accumulate ? cm[r] + dots[r] : dots[r];
-        }
-      }
-      return;
-    }
+#if MLA_X86_SIMD
+    if (simd) return gemm_small_m_bt_avx2(M, n0, n1, K, a, lda, b, ldb, c, ldc, accumulate);
 #endif
     for (Index n = n0; n < n1; ++n) {
       const TB* bn = b + n * ldb;
@@ -382,22 +450,20 @@ void gemm_small_m(Index M, Index n0, Index n1, Index K, const float* a, Index ld
         out = accumulate ? out + acc : acc;
       }
     }
-  } else {
-    for (Index m = 0; m < M; ++m) {
-      float* cm = c + m * ldc;
-      if (!accumulate)
-        for (Index n = n0; n < n1; ++n) cm[n] = 0.0f;
-      for (Index k = 0; k < K; ++k) {
-        const float am = a[m * lda + k];
-        const TB* bk = b + k * ldb;
-        Index n = n0;
-#if defined(__AVX2__) && defined(__FMA__)
-        const __m256 va = _mm256_set1_ps(am);
-        for (; simd && n + 8 <= n1; n += 8)
-          _mm256_storeu_ps(cm + n, _mm256_fmadd_ps(va, load8_widen(bk + n), _mm256_loadu_ps(cm + n)));
+    return;
+  }
+  if (!accumulate)
+    for (Index m = 0; m < M; ++m) std::fill(c + m * ldc + n0, c + m * ldc + n1, 0.0f);
+#if MLA_X86_SIMD
+  if (simd) return gemm_small_m_b_avx2(M, n0, n1, K, a, lda, b, ldb, c, ldc);
 #endif
-        for (; n < n1; ++n) cm[n] += am * to_float(bk[n]);
-      }
+  (void)simd;
+  for (Index m = 0; m < M; ++m) {
+    float* cm = c + m * ldc;
+    for (Index k = 0; k < K; ++k) {
+      const float am = a[m * lda + k];
+      const TB* bk = b + k * ldb;
+      for (Index n = n0; n < n1; ++n) cm[n] += am * to_float(bk[n]);
     }
   }
 }

@@ -14,16 +14,21 @@
 //
 // Two forms, chosen by the number of query rows per kv head (g_rows = group * q_len):
 // - Row-streaming form (g_rows < kGqaPackedMinRows: MHA, small groups). Memory order matters more
-//   than FLOPs here: the hardware prefetcher of this core class only follows strictly ascending
-//   reads within a page, so the first pass over each tile reads K and V row after row
+//   than FLOPs here: the L2 stream prefetchers of current x86 cores only follow strictly
+//   ascending reads within a page, so the first pass over each tile reads K and V row after row
 //   (scores_block, accumulate_row_sequential); reading rows in lockstep or in column strips halved
 //   the bandwidth from DRAM.
 // - Packed form (g_rows >= kGqaPackedMinRows: GQA with group >= 6 such as Qwen2.5-72B's 8, or
 //   several new tokens). With 8 query rows per kv head a float cache carries 4 FLOP per byte,
-//   about this machine's balance (~92 GFLOP/s FMA peak against ~20 GB/s read), so the arithmetic
-//   must run near the FMA peak for the stream to keep up. The query rows are packed into 8-row
+//   about the balance of one AVX2 core's FMA peak to its share of DRAM bandwidth, so the
+//   arithmetic must run near the FMA peak for the stream to keep up. The query rows are packed into 8-row
 //   panels and both products are register-blocked GEMMs (the absorbed MLA kernel's structure);
 //   the blocks read cache rows in lockstep, so they prefetch the next operand in software.
+//
+// Paths (kernels::KernelPath, chosen at run time): portable C++, AVX2+FMA (both forms), AVX-512
+// (the AVX2 products, with the packed form's bf16 tiles widened 16 values at a time) and AMX
+// (bf16 cache on the tile unit, amx_attention.hpp). The SIMD code sits in target regions
+// (core/macros.hpp), so every translation unit has all of them.
 #pragma once
 
 #include <algorithm>
@@ -45,12 +50,11 @@ namespace internal {
 // 6) and of 8 (the softmax vectors). The score rows (group * q_len x tile) stay in L1 and the
 // accumulator O (group * q_len x v_dim) is rescaled and reloaded once per tile, which is noise
 // next to the tile's rows of K and V. The sizes were picked by interleaved timing of 48, 96 and 192
-// rows (Zen 4 VM, 32 KiB L1d and 1 MiB L2 per core, 8 kv heads x 128, L = 16k, medians of 29):
-// - float cache: 96 rows (48 KiB of K or V, an L2 tile) beat 48 by 11-22% for groups of 2-5 on 1
-//   and 2 threads (group 4, 1 thread: 12.0 -> 14.7 GB/s) and tied for MHA; fewer switches
-//   between the K and the V stream seem to be what pays, as the later query rows re-read the tile
-//   from L2 at no visible cost.
-// - bf16 cache: 48 rows (24 KiB); 96 rows measured 6-18% slower, 192 rows within noise of 48.
+// rows (8 kv heads x 128, L = 16k, 1 and 2 threads, on a core with 32 KiB L1d and 1 MiB L2):
+// - float cache: 96 rows (48 KiB of K or V, an L2 tile) beat 48 for groups of 2-5 and tied for
+//   MHA; fewer switches between the K and the V stream seem to be what pays, as the later query
+//   rows re-read the tile from L2 at no visible cost.
+// - bf16 cache: 48 rows (24 KiB); 96 rows were slower, 192 rows no better than 48.
 template <class CacheScalar>
 inline constexpr Index kGqaTileRows = std::is_same_v<CacheScalar, float> ? 96 : 48;
 inline constexpr Index kGqaTileRowsMax = 96;
@@ -119,7 +123,7 @@ struct GqaLayout {
     FloatArena packed_form;
     GqaPackedScratch(packed_form, g8, head_dim, v_dim, wide_stride);
     scratch_stride = std::max(rows_form.used(), packed_form.used());
-    if (kernels::kHaveAmx) {  // the AMX form (bf16 cache, KernelPath::kAmx): see gqa_amx_task
+    if (kernels::path_available(kernels::KernelPath::kAmx)) {  // bf16 on the tiles: gqa_amx_task
       FloatArena amx_form;
       amx_form.take(g_rows * head_dim);
       amx_form.take(amx_query_floats(g_rows, head_dim));
@@ -189,7 +193,8 @@ struct GqaPortableOps {
   }
 };
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if MLA_X86_SIMD
+MLA_TARGET_AVX2_BEGIN
 /// Stores the horizontal sums of acc[0 .. N) to dst[0 .. N) (only those N floats are written).
 template <int N>
 inline void store_sums_avx2(float* dst, const __m256* acc) {
@@ -208,19 +213,22 @@ inline void store_sums_avx2(float* dst, const __m256* acc) {
   }
 }
 
+struct GqaPackedAvx2Ops;
+
 /// AVX2 + FMA tile operations. Cache rows are read in place (float) or widened in registers (bf16).
 /// Blocks hold 8-12 accumulators, enough independent FMA chains to cover the 4-cycle latency on
 /// both pipes; the shapes were picked by timing each block on L1-resident data.
 struct GqaAvx2Ops {
+  using Packed = GqaPackedAvx2Ops;  // the packed form's tile operations
   // GR query rows x TR cache rows of dot products over `dim`, reduced to TR scores per row.
   // The K rows are read one after the other (j outer, d inner), never interleaved: the L2
-  // stream prefetcher of this core class only follows strictly ascending accesses within a page,
-  // and reading 2-8 rows in lockstep halves the bandwidth from DRAM (measured 13-14 vs 29 GB/s).
+  // stream prefetcher only follows strictly ascending accesses within a page, and reading 2-8
+  // rows in lockstep about halves the bandwidth from DRAM.
   // The accumulator chains of consecutive rows are independent, so out-of-order execution still
   // overlaps them; with few query rows each dot product is also split over S accumulators
   // (alternate vectors), so GR * TR * S = 12 chains cover the FMA latency. Each K vector serves
-  // only GR FMAs, so these blocks are load bound: ~0.9 FMA/cycle at GR <= 2, ~1.3 at GR = 4,
-  // against ~1.5 for lockstep blocks; for a memory-bound kernel the access order wins.
+  // only GR FMAs, so these blocks are load bound and issue fewer FMAs per cycle than lockstep
+  // blocks would; for a memory-bound kernel the access order wins.
   template <int GR, int TR, int S, class T>
   MLA_NOINLINE static void scores_block(const float* q, Index ldq, Index dim, const T* k, float* p,
                                         Index ldp) {
@@ -323,7 +331,8 @@ struct GqaAvx2Ops {
   MLA_NOINLINE static void accumulate_block(const float* p, Index ldp, Index tn, const T* v, Index dim, float* o,
                                Index ldo, const float* alpha, Index last) {
     // Load each V vector once into a register when the block leaves room for it (GCC otherwise
-    // folds the load into each of the GR FMAs that use it, and the extra loads cost ~25%).
+    // folds the load into each of the GR FMAs that use it, and the extra loads cost load-port
+    // slots the FMAs need).
     constexpr bool kPin = GR > 1 && GR * NV + NV + 1 <= 16;
     // Sum from zero, fold O in at the end (o = alpha o + acc): the chains start without waiting.
     __m256 acc[GR][NV];
@@ -424,8 +433,8 @@ struct GqaAvx2Ops {
   static void accumulate(const float* p, Index ldp, Index g_rows, Index tn, const T* v, Index dim,
                          float* o, Index ldo, const float* alpha) {
     // Row 0 streams the V tile from memory in row order; the other rows then read it from L1/L2
-    // in column strips with register-blocked kernels. Shapes measured on Zen 4: 4 x 3 and 3 x 3
-    // (V pinned) 1.75-1.85 FMA/cycle, 2 x 4 1.65, 1 x 8 1.6.
+    // in column strips with register-blocked kernels (shapes picked by timing each on L1-resident
+    // data: 4 x 3 and 3 x 3 with V pinned issue the most FMAs per cycle).
     accumulate_row_sequential(p, tn, v, dim, o, alpha[0]);
     Index r = 1;
     for (; r + 4 <= g_rows; r += 4)
@@ -534,9 +543,10 @@ struct GqaPackedAvx2Ops {
   }
 };
 
-/// Cache rows [split range) of one kv head in the packed form; writes the split's partial
-/// (O, max, sum) for the head's g_rows query rows. See kGqaPackedMinRows.
-template <class CacheScalar>
+/// Cache rows [split range) of one kv head in the packed form with the tile operations `Packed`
+/// (GqaPackedAvx2Ops or a variant); writes the split's partial (O, max, sum) for the head's
+/// g_rows query rows. See kGqaPackedMinRows.
+template <class Packed, class CacheScalar>
 void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay, const float* q,
                      const CacheScalar* kh, const CacheScalar* vh, float qscale, Index head,
                      Index j_begin, Index j_end, float* scratch_base, float* o, float* max_out,
@@ -574,7 +584,7 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
   for (Index t0 = j_begin; t0 < j_end; t0 += kGqaPackedTile) {
     const Index tn = std::min(kGqaPackedTile, j_end - t0);
     Index kstride;
-    const float* krows = rows_as_float<GqaPackedAvx2Ops>(kh + t0 * head_dim, head_dim, tn, head_dim,
+    const float* krows = rows_as_float<Packed>(kh + t0 * head_dim, head_dim, tn, head_dim,
                                                          wide, lay.wide_stride, kstride);
     // While the scores run, fetch this tile's V rows; while P.V runs, the next tile's K rows.
     // (Prefetching one tile further ahead, or into L2 only, measured no better.)
@@ -584,15 +594,15 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
     const char* k_next = reinterpret_cast<const char*>(kh + (t0 + tn) * head_dim);
     const Index k_bytes = std::max<Index>(0, tn_next) * head_dim * Index(sizeof(CacheScalar));
     for (Index p = 0; p < g8; p += 8)
-      GqaPackedAvx2Ops::scores(qp + p * head_dim, krows, kstride, head_dim, tn, st + p, g8, v_next,
+      Packed::scores(qp + p * head_dim, krows, kstride, head_dim, tn, st + p, g8, v_next,
                                p == 0 ? v_bytes : 0);
     mask_hidden_rows(st, g8, t0, tn, g_rows, 0, group, first_masked);
     online_softmax_columns_avx2(st, g8, tn, g8, run_max, run_sum, alpha);
     Index vstride;
-    const float* vrows = rows_as_float<GqaPackedAvx2Ops>(vh + t0 * v_dim, v_dim, tn, v_dim, wide,
+    const float* vrows = rows_as_float<Packed>(vh + t0 * v_dim, v_dim, tn, v_dim, wide,
                                                          lay.wide_stride, vstride);
     for (Index p = 0; p < g8; p += 8)
-      GqaPackedAvx2Ops::accumulate(st + p, g8, tn, vrows, vstride, v_dim, ot + p * v_dim, alpha + p,
+      Packed::accumulate(st + p, g8, tn, vrows, vstride, v_dim, ot + p * v_dim, alpha + p,
                                    k_next, p == 0 ? k_bytes : 0);
   }
   for (Index r = 0; r < g_rows; ++r) {
@@ -603,11 +613,29 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
     sum_out[r] = run_sum[r];
   }
 }
-#endif
+MLA_TARGET_END
 
-#if defined(MLA_HAVE_AMX)
-/// kernels::KernelPath::kAmx: the AVX2 operations, except that a bf16 cache runs the AMX form.
-struct GqaAmxOps : GqaAvx2Ops {};
+MLA_TARGET_AVX512_BEGIN
+/// The packed form's operations on the AVX-512 path: bf16 tiles are widened 16 values at a time
+/// (widening is a large part of a bf16 tile's cost there); the products stay the AVX2 ones.
+struct GqaPackedAvx512Ops : GqaPackedAvx2Ops {
+  template <class T>
+  static void widen(const T* src, Index src_stride, Index rows, Index cols, float* dst,
+                    Index dst_stride) {
+    widen_rows_avx512(src, src_stride, rows, cols, dst, dst_stride);
+  }
+};
+MLA_TARGET_END
+
+/// kernels::KernelPath::kAvx512: the AVX2 operations with GqaPackedAvx512Ops for the packed form.
+struct GqaAvx512Ops : GqaAvx2Ops {
+  using Packed = GqaPackedAvx512Ops;
+};
+
+/// kernels::KernelPath::kAmx: the AVX-512 operations, except that a bf16 cache runs the AMX form.
+struct GqaAmxOps : GqaAvx512Ops {};
+
+MLA_TARGET_AMX_BEGIN
 
 /// Cache rows [j_begin, j_end) of one kv head on the AMX tiles (amx_attention.hpp): the head's
 /// g_rows query rows are gathered, packed as bf16 B tiles, and attend over its K and V rows.
@@ -631,7 +659,8 @@ inline void gqa_amx_task(const kernels::GqaAttentionShape& shape, const GqaLayou
                               0, group, shape.cache_len - shape.q_len + 1};
   amx_attention_task(rows, qv, g_rows, j_begin, j_end, tiles, o, lay.o_stride, max_out, sum_out);
 }
-#endif
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD
 
 /// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
 template <class Ops, class CacheScalar>
@@ -661,18 +690,17 @@ void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
     float* run_sum = lay.part_sum + task * g_rows;
     const CacheScalar* kh = k + head * shape.k_head_stride;
     const CacheScalar* vh = v + head * shape.v_head_stride;
-#if defined(MLA_HAVE_AMX)
+#if MLA_X86_SIMD
     if constexpr (std::is_same_v<Ops, GqaAmxOps> && std::is_same_v<CacheScalar, bfloat16>) {
       gqa_amx_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end,
                    lay.scratch + thread * lay.scratch_stride, o, run_max, run_sum);
       return;
     }
-#endif
-#if defined(__AVX2__) && defined(__FMA__)
     if constexpr (std::is_base_of_v<GqaAvx2Ops, Ops>) {
       if (g_rows >= kGqaPackedMinRows) {
-        gqa_packed_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end,
-                        lay.scratch + thread * lay.scratch_stride, o, run_max, run_sum);
+        gqa_packed_task<typename Ops::Packed>(shape, lay, q, kh, vh, qscale, head, j_begin,
+                                              j_end, lay.scratch + thread * lay.scratch_stride, o,
+                                              run_max, run_sum);
         return;
       }
     }
@@ -771,7 +799,9 @@ class GqaAttentionWorkspace {
 /// k_head_stride), v [num_kv_heads, capacity, v_dim] (head stride v_head_stride), out [q_len,
 /// num_heads, v_dim], lse [q_len, num_heads]; float math, float or bfloat16 cache.
 /// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
-/// Throws std::invalid_argument for inconsistent shapes or null pointers.
+/// `path` picks the code path (kernels::KernelPath; kAmx runs a bf16 cache on the AMX tile unit).
+/// Throws std::invalid_argument for inconsistent shapes, null pointers or a path this CPU lacks,
+/// std::runtime_error when the OS refuses the AMX tile state.
 template <class CacheScalar>
 void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheScalar* k,
                    const CacheScalar* v, float softmax_scale, float* out, float* lse,
@@ -783,25 +813,18 @@ void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheSc
   MLA_CHECK_ARG(q != nullptr && k != nullptr && v != nullptr && out != nullptr,
                 "gqa attention: q, k, v and out must not be null");
   ws.reserve(shape, num_threads(pool));
-  const KernelPath resolved = resolve_path(path);  // throws if not compiled in
-#if defined(MLA_HAVE_AMX)
-  if (path == KernelPath::kAmx) {
-    internal::require_amx_tiles();
-    internal::gqa_attention_run<internal::GqaAmxOps>(shape, q, k, v, softmax_scale, out, lse,
-                                                     ws.data(), pool);
-    return;
-  }
-#endif
-#if defined(__AVX2__) && defined(__FMA__)
-  if (resolved != KernelPath::kPortable) {
-    internal::gqa_attention_run<internal::GqaAvx2Ops>(shape, q, k, v, softmax_scale, out, lse,
-                                                      ws.data(), pool);
-    return;
-  }
+  const KernelPath resolved = resolve_path(path);  // throws if the CPU lacks it
+  auto run = [&](auto ops) {
+    internal::gqa_attention_run<decltype(ops)>(shape, q, k, v, softmax_scale, out, lse, ws.data(),
+                                               pool);
+  };
+#if MLA_X86_SIMD
+  if (path == KernelPath::kAmx) return run(internal::GqaAmxOps{});
+  if (resolved == KernelPath::kAvx512) return run(internal::GqaAvx512Ops{});
+  if (resolved == KernelPath::kAvx2) return run(internal::GqaAvx2Ops{});
 #endif
   (void)resolved;
-  internal::gqa_attention_run<internal::GqaPortableOps>(shape, q, k, v, softmax_scale, out, lse,
-                                                        ws.data(), pool);
+  run(internal::GqaPortableOps{});
 }
 
 }  // namespace kernels

@@ -27,9 +27,9 @@
 //
 // Why not one public absorbed_attention() call per block: each call packs the 128 x 576 query
 // (a transposing copy), clears and normalises its own accumulator, and the partials then need a
-// merge; at 64-row blocks that measured 27-48% slower than one call over contiguous rows
-// (DeepSeek-V3 shapes, 4k and 16k rows, serving_bench's blockwise_overhead_pct), where this
-// driver stays within a few percent. paged_absorbed_attention_blockwise() below is that
+// merge; at 64-row blocks that overhead is a large fraction of a block's work, while this driver
+// pays it once per piece (serving_bench's blockwise_overhead_pct measures the difference at
+// DeepSeek-V3 shapes). paged_absorbed_attention_blockwise() below is that
 // straightforward design, built on the public kernel only; the tests use it as an independent
 // check and serving_bench times it beside this one.
 //
@@ -143,8 +143,8 @@ const float* tile_rows(const typename LatentRowCodec<T>::Unit* src, Index src_st
   } else {
     stride = round_up(kv_lora + rope, 8);
     const Fp8LatentLayout layout{kv_lora, rope};
-#if defined(__AVX2__) && defined(__FMA__)
-    if constexpr (std::is_same_v<Ops, MlaAvx2Ops>) {
+#if MLA_X86_SIMD
+    if constexpr (std::is_base_of_v<MlaAvx2Ops, Ops>) {  // the AVX2, AVX-512 and AMX paths
       fp8_latent_dequantize_rows_avx2(src, src_stride, tn, layout, wide, stride);
       return wide;
     }

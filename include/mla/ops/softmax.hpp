@@ -7,16 +7,21 @@
 #include <limits>
 #include <type_traits>
 
+#include "mla/core/isa.hpp"
+#include "mla/core/macros.hpp"
 #include "mla/core/types.hpp"
-#include "mla/kernels/decode_common.hpp"
+#include "mla/simd/avx2.hpp"
+#include "mla/simd/portable.hpp"
 
+#if MLA_X86_SIMD
+MLA_TARGET_AVX2_BEGIN
 namespace mla {
 namespace internal {
 
-#if defined(__AVX2__) && defined(__FMA__)
 /// Float rows on AVX2: the same steps 8 lanes at a time, exp through exp2_avx2 (relative error
 /// < 6e-9 besides rounding (x - max) * log2 e to float, as std::exp rounds its float argument),
-/// the normaliser still summed in double. The naive prefill spent ~8% of its time in std::exp.
+/// the normaliser still summed in double. std::exp is a visible part of the naive prefill's time
+/// (one per score), which this removes.
 inline void softmax_inplace_avx2(float* x, Index n) {
   const Index n8 = n & ~Index(7);
   __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
@@ -61,18 +66,25 @@ inline void softmax_inplace_avx2(float* x, Index n) {
   for (Index i = 0; i < n8; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
   for (Index i = n8; i < n; ++i) x[i] *= inv;
 }
-#endif
 
 }  // namespace internal
+}  // namespace mla
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD
 
-/// In place: x[i] <- exp(x[i] - max) / sum_j exp(x[j] - max) over the first n entries.
+namespace mla {
+
+/// In place: x[i] <- exp(x[i] - max) / sum_j exp(x[j] - max) over the first n entries. Float rows
+/// run the AVX2 form where the CPU has it (and MLA_KERNEL_PATH allows it; core/isa.hpp).
 template <class Scalar>
 void softmax_inplace(Scalar* x, Index n) {
   if (n <= 0) return;
-#if defined(__AVX2__) && defined(__FMA__)
+#if MLA_X86_SIMD
   if constexpr (std::is_same_v<Scalar, float>) {
-    internal::softmax_inplace_avx2(x, n);
-    return;
+    if (kernels::auto_path() != kernels::KernelPath::kPortable) {
+      internal::softmax_inplace_avx2(x, n);
+      return;
+    }
   }
 #endif
   Scalar m = -std::numeric_limits<Scalar>::infinity();

@@ -72,7 +72,7 @@
 #include "mla/cache/kv_cache.hpp"
 #include "mla/cache/latent_cache.hpp"
 #include "mla/core/threading.hpp"
-#include "mla/core/workspace.hpp"
+#include "mla/layers/workspace.hpp"
 #include "mla/kernels/absorbed_attention.hpp"
 #include "mla/kernels/gqa_attention.hpp"
 #include "mla/layers/gqa.hpp"

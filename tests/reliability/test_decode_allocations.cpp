@@ -6,7 +6,7 @@
 //   KvCache; with small dims and with DeepSeek-V3's attention dims (128 heads, kv_lora 512,
 //   rope 64, nope/v 128), whose products are large enough for Eigen's heap fallbacks.
 //
-// Warm-up: the Workspace contract (core/workspace.hpp) is that a call may add chunks, the next
+// Warm-up: the Workspace contract (layers/workspace.hpp) is that a call may add chunks, the next
 // call's reset() merges them into one block, and from then on calls of that size allocate
 // nothing. A decode step over a longer context is a bigger call (its score rows grow with L), so
 // the warm-up decodes the whole measured range twice (with a separate prefill workspace, so the

@@ -13,7 +13,7 @@
 #include "mla/cache/kv_cache.hpp"
 #include "mla/cache/latent_cache.hpp"
 #include "mla/core/types.hpp"
-#include "mla/core/workspace.hpp"
+#include "mla/layers/workspace.hpp"
 #include "mla/ops/matmul.hpp"
 #include "mla/ops/softmax.hpp"
 

@@ -26,7 +26,7 @@
 #include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
-#include "mla/core/workspace.hpp"
+#include "mla/layers/workspace.hpp"
 #include "mla/kernels/paged_absorbed.hpp"
 #include "mla/layers/attention_core.hpp"
 #include "mla/layers/mla.hpp"

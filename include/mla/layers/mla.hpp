@@ -39,7 +39,7 @@
 #include "mla/config.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
-#include "mla/core/workspace.hpp"
+#include "mla/layers/workspace.hpp"
 #include "mla/layers/attention_core.hpp"
 #include "mla/ops/linear.hpp"
 #include "mla/ops/matmul.hpp"

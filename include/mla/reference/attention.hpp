@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "mla/core/check.hpp"
+#include "mla/core/shapes.hpp"
 #include "mla/core/types.hpp"
-#include "mla/kernels/decode_common.hpp"
 
 namespace mla {
 namespace reference {

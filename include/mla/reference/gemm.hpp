@@ -3,8 +3,8 @@
 // values the fast kernel widens).
 #pragma once
 
+#include "mla/core/shapes.hpp"
 #include "mla/core/types.hpp"
-#include "mla/kernels/gemm.hpp"
 
 namespace mla {
 namespace reference {

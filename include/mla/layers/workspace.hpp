@@ -7,7 +7,7 @@
 // It also carries what a call needs besides memory: the scratch of the fast decode kernels
 // (which size themselves on first use and are reused afterwards) and the thread pool the
 // attention kernels and the projections (GEMMs) may use (none by default: the calling thread
-// does all the work).
+// does all the work). It lives at the layer level because it owns the kernels' workspaces.
 #pragma once
 
 #include <algorithm>

@@ -1,7 +1,7 @@
 // Measures this machine's peaks so kernel benchmarks can report "% of peak" instead of bare
 // GFLOP/s: fp32 FMA throughput on 1 and 2 threads (independent FMA chains on the widest vectors the
-// build targets, 16-wide with AVX-512 and 8-wide with AVX2, enough of them to cover the FMA latency
-// on every pipe), the bf16 dot-product peak where the build targets AVX512-BF16 (vdpbf16ps, two
+// CPU has, 16-wide with AVX-512 and 8-wide with AVX2, enough of them to cover the FMA latency
+// on every pipe), the bf16 dot-product peak where the CPU has AVX512-BF16 (vdpbf16ps, two
 // bf16 products per fp32 lane) and STREAM-like read bandwidth (sum of a 256 MiB buffer, as one
 // sequential stream per thread and as eight interleaved ones, the better of the two). Without bf16
 // dot instructions the bf16 peak is reported as 0 (absent). Header-only; takes ~0.5 s.
@@ -18,9 +18,11 @@
 
 #include <time.h>
 
-#include "mla/kernels/amx_attention.hpp"  // AMX tile set-up and the OS grant, for the tile probe
+#include "mla/core/isa.hpp"
+#include "mla/core/macros.hpp"
+#include "mla/kernels/amx_attention.hpp"  // AMX tile set-up, for the tile probe
 
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if MLA_X86_64
 #include <immintrin.h>
 #endif
 
@@ -33,7 +35,7 @@ struct MachinePeaks {
   double read_gbps_1t = 0;       // read bandwidth from DRAM, GB/s (1e9 B/s), 1 thread
   double read_gbps_2t = 0;       // same, 2 threads
   double bf16_dot_gflops_1t = 0; // bf16 dot-product peak; 0 = no such instructions
-  double amx_bf16_gflops_1t = 0; // AMX tile bf16 peak (tdpbf16ps); 0 = not built or not granted
+  double amx_bf16_gflops_1t = 0; // AMX tile bf16 peak (tdpbf16ps); 0 = no AMX or not granted
   double amx_bf16_gflops_2t = 0; // same, 2 threads
   const char* fma_isa = "portable";  // vectors of the FMA probe: "avx512", "avx2" or "portable"
 };
@@ -75,8 +77,15 @@ double run_threads(int threads, Fn fn) {
   return seconds_since(t0);
 }
 
-// FLOPs done by fma_loop(iters).
-#if defined(__AVX512F__)
+// The FMA, bf16-dot and read probes use the widest vectors this CPU has (core/isa.hpp); each
+// instruction set's loop is compiled in its own target region, as the kernels are.
+}  // namespace internal
+}  // namespace mla_bench
+
+#if MLA_X86_SIMD
+MLA_TARGET_AVX512_BEGIN
+namespace mla_bench {
+namespace internal {
 // Keeps the chains' results alive. (Not _mm512_reduce_add_ps: GCC 12 warns inside it, bug 105593.)
 inline void sink_lanes(__m512 s) {
   alignas(64) float lanes[16];
@@ -85,35 +94,89 @@ inline void sink_lanes(__m512 s) {
   (void)sink;
 }
 
-constexpr const char* kFmaIsa = "avx512";
-// 16 independent chains of `step` (zmm -> zmm) run `iters` times: 2 FMA pipes x 4-cycle latency
-// need >= 8; 16 also covers cores whose 512-bit units have a longer latency.
-template <class Step>
-inline void zmm_chains(std::int64_t iters, Step step) {
+// 16 independent FMA chains (zmm) run `iters` times: 2 FMA pipes x 4-cycle latency need >= 8;
+// 16 also covers cores whose 512-bit units have a longer latency. Returns the FLOPs.
+inline double fma_loop_avx512(std::int64_t iters) {
+  const __m512 a = _mm512_set1_ps(0.999999f);
+  const __m512 b = _mm512_set1_ps(1e-7f);
   __m512 c[16];
   for (int i = 0; i < 16; ++i) c[i] = _mm512_set1_ps(0.01f * float(i));
   for (std::int64_t i = 0; i < iters; ++i) {
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC unroll 16
-#endif
-    for (int j = 0; j < 16; ++j) c[j] = step(c[j]);
+    MLA_UNROLL
+    for (int j = 0; j < 16; ++j) c[j] = _mm512_fmadd_ps(c[j], a, b);
   }
   __m512 s = c[0];
   for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, c[j]);
   sink_lanes(s);
-}
-
-inline double fma_loop(std::int64_t iters) {
-  const __m512 a = _mm512_set1_ps(0.999999f);
-  const __m512 b = _mm512_set1_ps(1e-7f);
-  zmm_chains(iters, [&](__m512 x) { return _mm512_fmadd_ps(x, a, b); });
   return double(iters) * 16 * 16 * 2;
 }
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr const char* kFmaIsa = "avx2";
+}  // namespace internal
+}  // namespace mla_bench
+MLA_TARGET_END
+
+MLA_TARGET_BEGIN("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")
+namespace mla_bench {
+namespace internal {
+// vdpbf16ps: per fp32 lane two bf16 products added to the accumulator (4 FLOP per lane), 16
+// independent chains. On Sapphire Rapids it issues at half the rate of a 512-bit FMA, so this
+// peak (in FLOP) equals the fp32 FMA peak or less; on cores that run it at full rate it is twice.
+inline double bf16_dot_loop(std::int64_t iters) {
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0
+  const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24
+  __m512 c[16];
+  for (int i = 0; i < 16; ++i) c[i] = _mm512_set1_ps(0.01f * float(i));
+  for (std::int64_t i = 0; i < iters; ++i) {
+    MLA_UNROLL
+    for (int j = 0; j < 16; ++j) c[j] = _mm512_dpbf16_ps(c[j], a, b);
+  }
+  __m512 s = c[0];
+  for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, c[j]);
+  sink_lanes(s);
+  return double(iters) * 16 * 16 * 4;
+}
+}  // namespace internal
+}  // namespace mla_bench
+MLA_TARGET_END
+
+MLA_TARGET_AMX_BEGIN
+namespace mla_bench {
+namespace internal {
+// tdpbf16ps on four independent accumulator tiles from operands held in tiles: 16 x 16 x 32
+// multiply-adds (16384 FLOP) per instruction, the unit's issue rate with no memory traffic.
+inline double amx_bf16_loop(std::int64_t iters) {
+  alignas(64) std::uint16_t ones[512];
+  std::fill(ones, ones + 512, std::uint16_t(0x3f80));  // bf16 1.0
+  mla::internal::amx_configure_tiles();
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (std::int64_t i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float out[256];
+  _tile_stored(0, out, 64);
+  _tile_release();
+  sink_lanes(_mm512_load_ps(out));
+  return double(iters) * 4 * 16 * 16 * 32 * 2;
+}
+}  // namespace internal
+}  // namespace mla_bench
+MLA_TARGET_END
+
+MLA_TARGET_AVX2_BEGIN
+namespace mla_bench {
+namespace internal {
 // 12 independent chains in named registers: 2 FMA pipes x 4-5 cycle latency need >= 8-10 in
 // flight. (An array plus an asm barrier would push them through memory and halve the rate.)
-inline double fma_loop(std::int64_t iters) {
+inline double fma_loop_avx2(std::int64_t iters) {
   const __m256 a = _mm256_set1_ps(0.999999f);
   const __m256 b = _mm256_set1_ps(1e-7f);
   __m256 c0 = _mm256_set1_ps(0.00f), c1 = _mm256_set1_ps(0.01f), c2 = _mm256_set1_ps(0.02f);
@@ -142,11 +205,50 @@ inline double fma_loop(std::int64_t iters) {
   (void)sink;
   return double(iters) * 12 * 8 * 2;
 }
-#else
-constexpr const char* kFmaIsa = "portable";
+
+// Sums [p, p + n) with 8 independent accumulators so the adds never limit the read rate.
+[[gnu::noinline]] inline float read_sum_avx2(const float* p, std::size_t n) {
+  __m256 acc[8];
+  for (__m256& a : acc) a = _mm256_setzero_ps();
+  std::size_t i = 0;
+  for (; i + 64 <= n; i += 64)
+    for (int c = 0; c < 8; ++c) acc[c] = _mm256_add_ps(acc[c], _mm256_load_ps(p + i + 8 * c));
+  __m256 s = acc[0];
+  for (int c = 1; c < 8; ++c) s = _mm256_add_ps(s, acc[c]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, s);
+  float r = 0;
+  for (float x : lanes) r += x;
+  for (; i < n; ++i) r += p[i];
+  return r;
+}
+
+// read_sum_streams (below) on AVX2: `streams` segments of `seg` floats, one line of each per step.
+inline float read_sum_streams_avx2(const float* p, std::size_t seg, int streams) {
+  __m256 acc[8];
+  for (__m256& a : acc) a = _mm256_setzero_ps();
+  for (std::size_t i = 0; i < seg; i += 16)
+    for (int s = 0; s < streams; ++s) {
+      const float* q = p + std::size_t(s) * seg + i;
+      acc[s] = _mm256_add_ps(acc[s], _mm256_add_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8)));
+    }
+  __m256 sum = acc[0];
+  for (int s = 1; s < streams; ++s) sum = _mm256_add_ps(sum, acc[s]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  return lanes[0] + lanes[7];
+}
+}  // namespace internal
+}  // namespace mla_bench
+MLA_TARGET_END
+#endif  // MLA_X86_SIMD
+
+namespace mla_bench {
+namespace internal {
+
 // Portable: 16 scalar chains (the compiler may vectorise them).
-constexpr int kChains = 16;
-inline double fma_loop(std::int64_t iters) {
+inline double fma_loop_portable(std::int64_t iters) {
+  constexpr int kChains = 16;
   float acc[kChains];
   for (int c = 0; c < kChains; ++c) acc[c] = 0.001f * float(c);
   for (std::int64_t i = 0; i < iters; ++i)
@@ -157,7 +259,24 @@ inline double fma_loop(std::int64_t iters) {
   (void)sink;
   return double(iters) * kChains * 2;
 }
+
+/// The vectors of the FMA probe on this CPU: "avx512", "avx2" or "portable".
+inline const char* fma_isa() {
+  using mla::kernels::KernelPath;
+  return mla::kernels::path_available(KernelPath::kAvx512) ? "avx512"
+         : mla::kernels::path_available(KernelPath::kAvx2) ? "avx2"
+                                                           : "portable";
+}
+
+// FLOPs done by fma_loop(iters), on the widest vectors the CPU has.
+inline double fma_loop(std::int64_t iters) {
+#if MLA_X86_SIMD
+  using mla::kernels::KernelPath;
+  if (mla::kernels::path_available(KernelPath::kAvx512)) return fma_loop_avx512(iters);
+  if (mla::kernels::path_available(KernelPath::kAvx2)) return fma_loop_avx2(iters);
 #endif
+  return fma_loop_portable(iters);
+}
 
 // Best of 25 short windows of loop(iters) (which returns its FLOPs) on every thread: on a shared
 // machine a short window is likelier to get a whole core.
@@ -180,74 +299,31 @@ inline double measure_fma_gflops(int threads) {
   return best_window_gflops(threads, 1'000'000, fma_loop);
 }
 
-#if defined(__AVX512BF16__)
-// vdpbf16ps: per fp32 lane two bf16 products added to the accumulator (4 FLOP per lane), 16
-// independent chains. On Sapphire Rapids it issues at half the rate of a 512-bit FMA, so this
-// peak (in FLOP) equals the fp32 FMA peak or less; on cores that run it at full rate it is twice.
-inline double bf16_dot_loop(std::int64_t iters) {
-  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80);  // 1.0
-  const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3380);  // 2^-24
-  zmm_chains(iters, [&](__m512 x) { return _mm512_dpbf16_ps(x, a, b); });
-  return double(iters) * 16 * 16 * 4;
-}
-
-inline double measure_bf16_dot_gflops() { return best_window_gflops(1, 500'000, bf16_dot_loop); }
+inline double measure_bf16_dot_gflops() {
+#if MLA_X86_SIMD
+  if (mla::internal::cpu_features().avx512_bf16) return best_window_gflops(1, 500'000, bf16_dot_loop);
 #endif
-
-#if defined(MLA_HAVE_AMX)
-// tdpbf16ps on four independent accumulator tiles from operands held in tiles: 16 x 16 x 32
-// multiply-adds (16384 FLOP) per instruction, the unit's issue rate with no memory traffic.
-inline double amx_bf16_loop(std::int64_t iters) {
-  alignas(64) std::uint16_t ones[512];
-  std::fill(ones, ones + 512, std::uint16_t(0x3f80));  // bf16 1.0
-  mla::internal::amx_configure_tiles();
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  _tile_loadd(4, ones, 64);
-  _tile_loadd(5, ones, 64);
-  _tile_loadd(6, ones, 64);
-  _tile_loadd(7, ones, 64);
-  for (std::int64_t i = 0; i < iters; ++i) {
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  alignas(64) float out[256];
-  _tile_stored(0, out, 64);
-  _tile_release();
-  sink_lanes(_mm512_load_ps(out));
-  return double(iters) * 4 * 16 * 16 * 32 * 2;
+  return 0;  // no bf16 dot instructions on this CPU
 }
 
-// ~1 ms per window at ~2 TFLOP/s.
+// ~1 ms per window at ~2 TFLOP/s; 0 where the CPU has no AMX or the OS refuses the tile state.
 inline double measure_amx_bf16_gflops(int threads) {
-  if (!mla::internal::amx_tiles_granted()) return 0;
-  return best_window_gflops(threads, 30'000, amx_bf16_loop);
-}
+#if MLA_X86_SIMD
+  if (mla::kernels::path_available(mla::kernels::KernelPath::kAmx) &&
+      mla::internal::amx_tiles_granted())
+    return best_window_gflops(threads, 30'000, amx_bf16_loop);
 #endif
+  (void)threads;
+  return 0;
+}
 
 // Sums [begin, end) with 8 independent accumulators so the adds never limit the read rate.
 // Out of line: inlined into the probe with a constant n, GCC 12 reports a bogus
 // -Waggressive-loop-optimizations on the (empty) tail loop.
 [[gnu::noinline]] inline float read_sum(const float* p, std::size_t n) {
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc[8];
-  for (__m256& a : acc) a = _mm256_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 64 <= n; i += 64)
-    for (int c = 0; c < 8; ++c) acc[c] = _mm256_add_ps(acc[c], _mm256_load_ps(p + i + 8 * c));
-  __m256 s = acc[0];
-  for (int c = 1; c < 8; ++c) s = _mm256_add_ps(s, acc[c]);
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, s);
-  float r = 0;
-  for (float x : lanes) r += x;
-  for (; i < n; ++i) r += p[i];
-  return r;
-#else
+#if MLA_X86_SIMD
+  if (mla::kernels::path_available(mla::kernels::KernelPath::kAvx2)) return read_sum_avx2(p, n);
+#endif
   float acc[8] = {};
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -256,31 +332,19 @@ inline double measure_amx_bf16_gflops(int threads) {
   for (float x : acc) r += x;
   for (; i < n; ++i) r += p[i];
   return r;
-#endif
 }
 
 // Sums 8 equal segments of [p, p + n) interleaved, one cache line of each per step: 8 sequential
 // streams in flight. A core of an Intel server part reaches its bandwidth only with several
-// streams (Sapphire Rapids VM, 1 GiB: 13-14 GB/s with one stream, 16-18 with eight), and the
-// kernels read several (K and V, four weight rows at once), so one stream alone would understate
-// the limit they are held to.
+// streams, and the kernels read several (K and V, four weight rows at once), so one stream alone
+// would understate the limit they are held to.
 inline float read_sum_streams(const float* p, std::size_t n) {
   constexpr int kStreams = 8;
   const std::size_t seg = (n / kStreams) & ~std::size_t(15);
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc[kStreams];
-  for (__m256& a : acc) a = _mm256_setzero_ps();
-  for (std::size_t i = 0; i < seg; i += 16)
-    for (int s = 0; s < kStreams; ++s) {
-      const float* q = p + std::size_t(s) * seg + i;
-      acc[s] = _mm256_add_ps(acc[s], _mm256_add_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8)));
-    }
-  __m256 sum = acc[0];
-  for (int s = 1; s < kStreams; ++s) sum = _mm256_add_ps(sum, acc[s]);
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, sum);
-  return lanes[0] + lanes[7];
-#else
+#if MLA_X86_SIMD
+  if (mla::kernels::path_available(mla::kernels::KernelPath::kAvx2))
+    return read_sum_streams_avx2(p, seg, kStreams);
+#endif
   float acc[kStreams] = {};
   for (std::size_t i = 0; i < seg; i += 16)
     for (int s = 0; s < kStreams; ++s)
@@ -288,7 +352,6 @@ inline float read_sum_streams(const float* p, std::size_t n) {
   float r = 0;
   for (float x : acc) r += x;
   return r;
-#endif
 }
 
 // Best of 1 and 8 streams per thread (see read_sum_streams), 4 windows each.
@@ -314,7 +377,7 @@ inline double measure_read_gbps(const float* buf, std::size_t n, int threads) {
 /// 8 streams). Each peak is the best window.
 inline MachinePeaks measure_machine_peaks() {
   MachinePeaks peaks;
-  peaks.fma_isa = internal::kFmaIsa;
+  peaks.fma_isa = internal::fma_isa();
   peaks.fma_gflops_1t = internal::measure_fma_gflops(1);
   peaks.fma_gflops_2t = internal::measure_fma_gflops(2);
 
@@ -329,15 +392,9 @@ inline MachinePeaks measure_machine_peaks() {
   });
   peaks.read_gbps_1t = internal::measure_read_gbps(buf.get(), n, 1);
   peaks.read_gbps_2t = internal::measure_read_gbps(buf.get(), n, 2);
-#if defined(__AVX512BF16__)
   peaks.bf16_dot_gflops_1t = internal::measure_bf16_dot_gflops();
-#else
-  peaks.bf16_dot_gflops_1t = 0;  // no bf16 dot instructions in this build
-#endif
-#if defined(MLA_HAVE_AMX)
   peaks.amx_bf16_gflops_1t = internal::measure_amx_bf16_gflops(1);
   peaks.amx_bf16_gflops_2t = internal::measure_amx_bf16_gflops(2);
-#endif
   return peaks;
 }
 

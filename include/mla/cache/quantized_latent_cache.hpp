@@ -223,7 +223,8 @@ inline void fp8_latent_dequantize_rows(const std::uint8_t* src, Index src_stride
                                        Index dst_stride) {
 #if MLA_X86_SIMD
   if (kernels::auto_path() != kernels::KernelPath::kPortable)
-    return internal::fp8_latent_dequantize_rows_avx2(src, src_stride, rows, layout, dst, dst_stride);
+    return internal::fp8_latent_dequantize_rows_avx2(src, src_stride, rows, layout, dst,
+                                                     dst_stride);
 #endif
   internal::fp8_latent_dequantize_rows_portable(src, src_stride, rows, layout, dst, dst_stride);
 }

@@ -44,7 +44,8 @@
 // They must match what isa.hpp checks with cpuid: a region may use exactly what its path's check
 // guarantees.
 #if defined(__clang__)
-#define MLA_TARGET_BEGIN(isa) MLA_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define MLA_TARGET_BEGIN(isa) \
+  MLA_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
 #define MLA_TARGET_END MLA_PRAGMA(clang attribute pop)
 #elif defined(__GNUC__)
 #define MLA_TARGET_BEGIN(isa) MLA_PRAGMA(GCC push_options) MLA_PRAGMA(GCC target(isa))
@@ -58,7 +59,8 @@
 #define MLA_TARGET_AVX2_BEGIN MLA_TARGET_BEGIN("avx2,fma")
 /// AVX-512 F/BW/DQ/VL, with AVX2 + FMA (KernelPath::kAvx512; the x86-64-v4 vector sets).
 #define MLA_TARGET_AVX512_BEGIN MLA_TARGET_BEGIN("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")
-/// The AVX-512 sets plus AVX512-BF16 and the AMX tile unit with its bf16 products (KernelPath::kAmx).
+/// The AVX-512 sets plus AVX512-BF16 and the AMX tile unit with its bf16 products
+/// (KernelPath::kAmx).
 #define MLA_TARGET_AMX_BEGIN \
   MLA_TARGET_BEGIN("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16")
 

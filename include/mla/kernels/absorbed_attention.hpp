@@ -104,7 +104,8 @@ struct AbsorbedLayout {
     per_thread.take(3 * pass_rows16);                   // running max, running sum, alpha
     scratch_stride = per_thread.used();
     Index q_floats = round_up(m, kMlaPanel) * row_dim;
-    if (kernels::path_available(kernels::KernelPath::kAmx)) {  // the AMX form's query tiles and chunks
+    // The AMX form's query tiles and per-thread chunk buffers, where the CPU can run it.
+    if (kernels::path_available(kernels::KernelPath::kAmx)) {
       scratch_stride = std::max(scratch_stride, amx_scratch_floats(pass_rows16, row_dim, kv_lora));
       q_floats = std::max(q_floats, amx_query_floats(m, row_dim));
     }
@@ -691,9 +692,9 @@ class AbsorbedAttentionWorkspace {
 /// Shapes: q_lat [M, kv_lora], q_pe [M, rope], cache [>= cache_len rows, row_stride] (float or
 /// bfloat16), o_lat [M, kv_lora], lse [M]; M = q_len * num_heads, all row-major and contiguous.
 /// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
-/// `path` = KernelPath::kAmx (CPUs with AMX-BF16) runs a bf16 cache on the AMX tile unit, with the query
-/// and the softmax weights rounded to bf16 (output error up to ~2^-7 max|c| beyond the float
-/// kernels'; see amx_attention.hpp); a float cache runs the AVX-512 kernel for it.
+/// `path` = KernelPath::kAmx (CPUs with AMX-BF16) runs a bf16 cache on the AMX tile unit, with
+/// the query and the softmax weights rounded to bf16 (output error up to ~2^-7 max|c| beyond the
+/// float kernels'; see amx_attention.hpp); a float cache runs the AVX-512 kernel for it.
 /// Throws std::invalid_argument for inconsistent shapes, null pointers or a path this CPU lacks,
 /// std::runtime_error when the OS refuses the AMX tile state.
 template <class CacheScalar>

@@ -4,8 +4,9 @@
 // the MHA/GQA kernel (gqa_attention.hpp: a kv head's K and V rows).
 //
 // Sapphire Rapids' tile unit multiplies bf16 tiles at ~1000 FLOP per cycle per core (about 16x
-// the 64 FLOP per cycle of two 512-bit fp32 FMA pipes), with float accumulators. One instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is
-// row-major bf16 and B is stored in pairs along the reduction axis ("VNNI": B[k/2][n][k % 2]).
+// the 64 FLOP per cycle of two 512-bit fp32 FMA pipes), with float accumulators. One
+// instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is row-major bf16
+// and B is stored in pairs along the reduction axis ("VNNI": B[k/2][n][k % 2]).
 // A decode step is two such GEMMs per chunk of cache rows, so the work is arranging the operands:
 // - Scores, transposed: S^T[t, m] = K[t, :] . Q[m, :]. A = the cache rows as they are (or a
 //   zero-padded copy where a chunk or a row ends inside a tile), B = the query in VNNI form,

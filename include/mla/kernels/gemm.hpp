@@ -93,6 +93,7 @@ namespace internal {
 template <class TB>
 void gemm_pack_b(const TB* b, Index ldb, kernels::GemmB layout, Index k0, Index kc, Index n0,
                  Index nc, float* packed, bool simd512) {
+  (void)simd512;  // read only where the SIMD kernels are compiled
   for (Index j0 = 0; j0 < nc; j0 += kGemmNr) {
     float* dst = packed + j0 * kc;
     const Index w = std::min(kGemmNr, nc - j0);
@@ -107,7 +108,8 @@ void gemm_pack_b(const TB* b, Index ldb, kernels::GemmB layout, Index k0, Index 
 #if MLA_X86_SIMD
       // Packing a transposed B is a visible part of a prefill's time (the weights of every
       // projection, K of every head), so whole panels are transposed 16 x 16 in registers.
-      if (simd512 && w == kGemmNr) k_done = gemm_pack_b_panel_avx512(b + (n0 + j0) * ldb + k0, ldb, kc, dst);
+      if (simd512 && w == kGemmNr)
+        k_done = gemm_pack_b_panel_avx512(b + (n0 + j0) * ldb + k0, ldb, kc, dst);
 #endif
       for (Index j = 0; j < w; ++j) {
         const TB* src = b + (n0 + j0 + j) * ldb + k0;

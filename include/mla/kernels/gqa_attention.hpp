@@ -21,9 +21,10 @@
 // - Packed form (g_rows >= kGqaPackedMinRows: GQA with group >= 6 such as Qwen2.5-72B's 8, or
 //   several new tokens). With 8 query rows per kv head a float cache carries 4 FLOP per byte,
 //   about the balance of one AVX2 core's FMA peak to its share of DRAM bandwidth, so the
-//   arithmetic must run near the FMA peak for the stream to keep up. The query rows are packed into 8-row
-//   panels and both products are register-blocked GEMMs (the absorbed MLA kernel's structure);
-//   the blocks read cache rows in lockstep, so they prefetch the next operand in software.
+//   arithmetic must run near the FMA peak for the stream to keep up. The query rows are packed
+//   into 8-row panels and both products are register-blocked GEMMs (the absorbed MLA kernel's
+//   structure); the blocks read cache rows in lockstep, so they prefetch the next operand in
+//   software.
 //
 // Paths (kernels::KernelPath, chosen at run time): portable C++, AVX2+FMA (both forms), AVX-512
 // (the AVX2 products, with the packed form's bf16 tiles widened 16 values at a time) and AMX

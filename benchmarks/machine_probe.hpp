@@ -301,7 +301,8 @@ inline double measure_fma_gflops(int threads) {
 
 inline double measure_bf16_dot_gflops() {
 #if MLA_X86_SIMD
-  if (mla::internal::cpu_features().avx512_bf16) return best_window_gflops(1, 500'000, bf16_dot_loop);
+  if (mla::internal::cpu_features().avx512_bf16)
+    return best_window_gflops(1, 500'000, bf16_dot_loop);
 #endif
   return 0;  // no bf16 dot instructions on this CPU
 }

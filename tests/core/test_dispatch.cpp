@@ -121,8 +121,10 @@ TEST(Dispatch, EveryPathOfBothUnitsMatchesTheReference) {
     for (int threads : {1, 2}) {
       const std::string what = std::string(mla::kernels::path_name(path)) + ", " +
                                std::to_string(threads) + " thread(s), ";
-      expect_matches_reference(unit_native::run_kernels(p, path, threads), want, what + "native unit");
-      expect_matches_reference(unit_v2::run_kernels(p, path, threads), want, what + "x86-64-v2 unit");
+      expect_matches_reference(unit_native::run_kernels(p, path, threads), want,
+                               what + "native unit");
+      expect_matches_reference(unit_v2::run_kernels(p, path, threads), want,
+                               what + "x86-64-v2 unit");
     }
 }
 

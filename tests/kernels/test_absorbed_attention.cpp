@@ -319,7 +319,7 @@ std::string shape_text(const AbsorbedAttentionShape& s, int threads) {
 // AMX path then rounds nothing, and must match the float64 reference to float accuracy: this
 // checks the staging, the tile products, the transposes and the chunk-to-chunk rescaling.
 TEST(AbsorbedAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   const float scale = 1.0f / 1.4426950408889634f;  // scale * log2 e rounds to 1 in bf16
   const QShape qs[] = {{1, 1}, {1, 5}, {3, 7}, {1, 40}, {1, 128}, {2, 64}, {2, 128}};
   const Index lens[] = {1, 2, 31, 33, 255, 256, 257, 700};
@@ -365,7 +365,7 @@ TEST(AbsorbedAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
 // [1 - u', 1 + u'], so |o~ - o| <= ((1 + u') / (1 - u') - 1) max_j |c_j| ~ 2u' max|c|, and the
 // log-sum-exp moves by at most -log(1 - u').
 TEST(AbsorbedAttentionAmx, WithinTheBoundOfBf16Weights) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   const QShape qs[] = {{1, 1}, {1, 3}, {3, 7}, {1, 128}, {2, 64}};
   const Index lens[] = {1, 7, 65, 300, 1000};
   const std::pair<Index, Index> dims[] = {{20, 6}, {100, 12}, {512, 64}};
@@ -400,7 +400,7 @@ TEST(AbsorbedAttentionAmx, WithinTheBoundOfBf16Weights) {
 }
 
 TEST(AbsorbedAttentionAmx, IdenticalScoresGiveTheMeanRow) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   // Zero query: every weight is exactly 1 (no rounding), o = mean of the visible rows.
   const Index len = 300, q_len = 2, heads = 24, kv_lora = 100, rope = 12;
   Inputs in = make_inputs(q_len, heads, kv_lora, rope, len, 3, 13);
@@ -421,7 +421,7 @@ TEST(AbsorbedAttentionAmx, IdenticalScoresGiveTheMeanRow) {
 }
 
 TEST(AbsorbedAttentionAmx, FloatCacheRunsTheAvx512Path) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   // kAmx changes only bf16 caches: a float cache gives the AVX-512 result bit for bit.
   const Inputs in = make_inputs(1, 128, 512, 64, 300, 0, 21);
   AbsorbedAttentionWorkspace ws;
@@ -434,7 +434,7 @@ TEST(AbsorbedAttentionAmx, FloatCacheRunsTheAvx512Path) {
 }
 
 TEST(AbsorbedAttentionAmx, NoAllocationWithReservedWorkspace) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   mla::ThreadPool pool2(2);
   const Inputs in = make_inputs(1, 128, 512, 64, 700, 0, 5);
   AbsorbedAttentionWorkspace ws(128, 512, 64, 2);

@@ -252,7 +252,7 @@ void for_each_amx_run(const Inputs& in, float scale, Check&& check) {
 // every weight is a power of two and nothing is rounded, so the AMX path must match the float64
 // reference to float accuracy.
 TEST(GqaAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   const float scale = 1.0f / 1.4426950408889634f;
   const Heads hs[] = {{1, 1}, {4, 4}, {8, 2}, {9, 3}, {16, 2}, {64, 8}};
   const Index lens[] = {1, 2, 31, 33, 255, 256, 257, 700};
@@ -288,7 +288,7 @@ TEST(GqaAttentionAmx, ExactWhenWeightsArePowersOfTwo) {
 // each weight's rounding to bf16, |o~ - o| <= ((1 + u') / (1 - u') - 1) max|v| with u' = 2^-8 +
 // 3e-6 (exp2 polynomial), and the log-sum-exp within -log(1 - u').
 TEST(GqaAttentionAmx, WithinTheBoundOfBf16Weights) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   const Heads hs[] = {{1, 1}, {8, 2}, {9, 3}, {64, 8}};
   const Index lens[] = {1, 7, 97, 300, 1000};
   const std::pair<Index, Index> dims[] = {{13, 29}, {128, 128}};
@@ -322,7 +322,7 @@ TEST(GqaAttentionAmx, WithinTheBoundOfBf16Weights) {
 }
 
 TEST(GqaAttentionAmx, FloatCacheAndNoAllocation) {
-  if (!mla::kernels::path_available(mla::kernels::KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
+  if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   mla::ThreadPool pool2(2);
   const Inputs in = make_inputs(2, 16, 2, 128, 128, 700, 0, 9);
   GqaAttentionWorkspace ws(in.shape, 2);

@@ -51,7 +51,7 @@ int main() {
 
   // 2. The weights, under their checkpoint names. kv_b_proj [128*(128+128), 512] holds, per
   //    head, W_UK (latent -> k_nope) and W_UV (latent -> v). Real checkpoints load with
-  //    mla::io::load_mla_layer<float>(folder, layer_index).
+  //    mla::io::load_mla_layer<float>(folder, layer_index) from <mla/io.hpp>.
   const Index H = cfg.num_attention_heads, qk = cfg.qk_head_dim(), R = cfg.kv_lora_rank,
               P = cfg.qk_rope_head_dim, V = cfg.v_head_dim, hidden = cfg.hidden_size;
   Filler fill;

@@ -21,6 +21,7 @@
 #include <random>
 #include <string>
 
+#include "mla/io.hpp"
 #include "mla/mla.hpp"
 
 namespace fs = std::filesystem;

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "mla/io.hpp"
 #include "mla/mla.hpp"
 
 using mla::Index;

@@ -1,11 +1,14 @@
-// Umbrella header: everything public in mla. Include the narrower headers to keep compile times
-// down (e.g. mla/layers/mla.hpp for the MLA layer alone).
+// Umbrella header: the library (configs, ops, caches, kernels, layers), which needs Eigen only.
+// The checkpoint and config.json loaders are in mla/io.hpp (they add nlohmann_json; CMake target
+// mla::io). Include the narrower headers to keep compile times down (e.g. mla/layers/mla.hpp for
+// the MLA layer alone).
 #pragma once
 
 #include "mla/version.hpp"
 #include "mla/config.hpp"
 #include "mla/presets.hpp"
 #include "mla/core/check.hpp"
+#include "mla/core/fp8.hpp"
 #include "mla/core/types.hpp"
 #include "mla/core/isa.hpp"
 #include "mla/core/threading.hpp"
@@ -25,7 +28,3 @@
 #include "mla/layers/mla.hpp"
 #include "mla/layers/sharding.hpp"
 #include "mla/layers/batched_decode.hpp"
-#include "mla/io/safetensors.hpp"
-#include "mla/io/checkpoint.hpp"
-#include "mla/io/hf_config.hpp"
-#include "mla/io/load_layer.hpp"

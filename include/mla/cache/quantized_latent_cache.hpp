@@ -1,4 +1,4 @@
-// An 8-bit MLA latent cache in FlashMLA's FP8 layout, and the FP8 E4M3 encoder it needs.
+// An 8-bit MLA latent cache in FlashMLA's FP8 layout (the E4M3 codec is in mla/core/fp8.hpp).
 //
 // One token's row (DeepSeek-V3: kv_lora_rank R = 512, qk_rope_head_dim P = 64, 656 bytes):
 //
@@ -28,51 +28,16 @@
 #include <vector>
 
 #include "mla/core/check.hpp"
+#include "mla/core/fp8.hpp"
 #include "mla/core/isa.hpp"
 #include "mla/core/macros.hpp"
 #include "mla/core/types.hpp"
-#include "mla/io/fp8.hpp"
 
 #if MLA_X86_64
 #include <immintrin.h>
 #endif
 
 namespace mla {
-
-/// Largest finite FP8 E4M3FN magnitude.
-inline constexpr float kFp8E4M3Max = 448.0f;
-
-/// float -> FP8 E4M3FN (OCP; torch.float8_e4m3fn) with round-to-nearest, ties to even.
-/// Finite values beyond the largest code (448) saturate to +-448, infinities too (OCP "satfinite"
-/// conversion: the format has no infinity); NaN gives the NaN code 0x7F with the input's sign.
-/// Values below 2^-6 are coded as subnormals m * 2^-9 (m = 0..7), so |x| <= 2^-10 rounds to zero
-/// (2^-10 itself is a tie and goes to the even code, zero). The sign of zero is kept.
-/// Inverse of io::fp8_e4m3_to_float on every non-NaN code.
-inline std::uint8_t fp8_e4m3_from_float(float x) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  const std::uint8_t sign = static_cast<std::uint8_t>((bits >> 24) & 0x80u);
-  const std::uint32_t a = bits & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return static_cast<std::uint8_t>(sign | 0x7Fu);  // NaN
-  // 464 = 0x43E80000 is the midpoint between 448 and the 480 the format lacks; it and everything
-  // above it would round past 448, so saturate (ties at 464 would go to 448 anyway: 448 is even).
-  if (a >= 0x43E80000u) return static_cast<std::uint8_t>(sign | 0x7Eu);
-  if (a >= 0x3C800000u) {  // >= 2^-6: normal E4M3. Round the 23-bit mantissa to 3 bits.
-    const std::uint32_t rounded = (a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20;
-    // Re-bias the exponent from 127 to 7: subtract 120 from the exponent field (bits 3..6 here).
-    return static_cast<std::uint8_t>(sign | (rounded - (120u << 3)));
-  }
-  // Subnormal E4M3 (or zero): the code is round(|x| * 2^9), 0..8 (8 is the smallest normal, code
-  // 0x08, which this formula produces without special handling).
-  const std::uint32_t exp = a >> 23;
-  if (exp < 127 - 11) return sign;  // |x| < 2^-11 (float subnormals included): rounds to 0
-  const std::uint32_t sig = (a & 0x7FFFFFu) | 0x800000u;  // |x| = sig * 2^(exp - 150)
-  const std::uint32_t shift = 141u - exp;  // |x| * 2^9 = sig * 2^(exp - 141); shift in [21, 25]
-  std::uint32_t q = sig >> shift;
-  const std::uint32_t rem = sig & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  return static_cast<std::uint8_t>(sign | q);
-}
 
 /// Byte layout of one FP8 latent row (see the header comment). The defaults are DeepSeek-V3's.
 struct Fp8LatentLayout {
@@ -134,7 +99,7 @@ inline float fp8_row_scale(const std::uint8_t* row, const Fp8LatentLayout& layou
 inline void fp8_latent_dequantize_rows_portable(const std::uint8_t* src, Index src_stride,
                                                 Index rows, const Fp8LatentLayout& layout,
                                                 float* dst, Index dst_stride) {
-  const std::array<float, 256>& table = io::fp8_table(io::Fp8Format::kE4M3);
+  const std::array<float, 256>& table = fp8_table(Fp8Format::kE4M3);
   const Index R = layout.kv_lora_rank, P = layout.rope_dim;
   for (Index r = 0; r < rows; ++r) {
     const std::uint8_t* row = src + r * src_stride;
@@ -147,7 +112,7 @@ inline void fp8_latent_dequantize_rows_portable(const std::uint8_t* src, Index s
     for (Index i = 0; i < P; ++i) {
       std::uint16_t b;
       std::memcpy(&b, row + layout.rope_offset() + 2 * i, sizeof b);
-      out[R + i] = io::bfloat16_bits_to_float(b);
+      out[R + i] = bfloat16_bits_to_float(b);
     }
   }
 }
@@ -178,7 +143,7 @@ inline __m256 fp8_e4m3_decode8_avx2(const std::uint8_t* p) {
 inline void fp8_latent_dequantize_rows_avx2(const std::uint8_t* src, Index src_stride, Index rows,
                                             const Fp8LatentLayout& layout, float* dst,
                                             Index dst_stride) {
-  const std::array<float, 256>& table = io::fp8_table(io::Fp8Format::kE4M3);
+  const std::array<float, 256>& table = fp8_table(Fp8Format::kE4M3);
   const Index R = layout.kv_lora_rank, P = layout.rope_dim, P8 = P & ~Index(7);
   for (Index r = 0; r < rows; ++r) {
     const std::uint8_t* row = src + r * src_stride;
@@ -203,7 +168,7 @@ inline void fp8_latent_dequantize_rows_avx2(const std::uint8_t* src, Index src_s
     for (; i < P; ++i) {
       std::uint16_t b;
       std::memcpy(&b, rope + 2 * i, sizeof b);
-      out[R + i] = io::bfloat16_bits_to_float(b);
+      out[R + i] = bfloat16_bits_to_float(b);
     }
   }
 }

@@ -85,10 +85,10 @@ class ThreadPool {
 
  private:
   // How long a thread polls before it blocks on a condition variable. Decode calls come back to
-  // back (one or two parallel_for per kernel, a few per layer), and waking a blocked thread took
-  // 50-150 us on average (up to 1.7 ms) on the 2-vCPU VM this was measured on, 1-4% of an 8 ms
-  // 2-thread attention call. Polling for up to kSpinMicros after each job hides that; idle pools
-  // still block, so they cost nothing between bursts of work.
+  // back (one or two parallel_for per kernel, a few per layer), and waking a blocked thread costs
+  // tens of microseconds or more (an OS round trip; measurements in docs/benchmarks.md), a visible
+  // share of a millisecond-scale attention call. Polling for up to kSpinMicros after each job hides
+  // that; idle pools still block, so they cost nothing between bursts of work.
   static constexpr int kSpinMicros = 200;
 
   template <class Pred>

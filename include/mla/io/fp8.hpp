@@ -1,96 +1,29 @@
-// Scalar decoders for the narrow float formats found in safetensors checkpoints (IEEE half, bfloat16,
-// OCP FP8 E4M3FN and E5M2, the E8M0 power-of-two scale format) and the block-wise FP8 dequantisation
-// that DeepSeek-V3/R1 releases use: a weight W [rows, cols] stored as F8_E4M3 next to
-// W_scale_inv [ceil(rows/128), ceil(cols/128)] in F32, with W[i][j] = fp8(W8[i][j]) * s[i/128][j/128]
-// (DeepSeek-V3 inference/kernel.py `weight_dequant`). Decoding is exact: every code of these formats
-// is a float32 value. The decoders are written from the format definitions, not with Eigen's
-// half/bfloat16 internals, so the tests can hold them against Eigen as an independent check.
+// Block-wise FP8 dequantisation of checkpoint weights, as DeepSeek-V3/R1 releases store them: a
+// weight W [rows, cols] stored as F8_E4M3 next to W_scale_inv [ceil(rows/128), ceil(cols/128)] in
+// F32, with W[i][j] = fp8(W8[i][j]) * s[i/128][j/128] (DeepSeek-V3 inference/kernel.py
+// `weight_dequant`). The scalar codecs it builds on (half, bfloat16, FP8 E4M3/E5M2, E8M0) are in
+// mla/core/fp8.hpp, shared with the FP8 latent cache; they are also named here in mla::io, where
+// the checkpoint reader uses them.
 #pragma once
 
 #include <array>
 #include <cstdint>
-#include <cstring>
-#include <limits>
 #include <type_traits>
 
 #include "mla/core/check.hpp"
+#include "mla/core/fp8.hpp"
 #include "mla/core/types.hpp"
 
 namespace mla {
-namespace internal {
-inline float float_from_bits(std::uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-}  // namespace internal
-
 namespace io {
 
-/// IEEE 754 binary16 bits -> float (exact). 1 sign, 5 exponent (bias 15), 10 mantissa bits;
-/// exponent 0 is subnormal (m * 2^-24), exponent 31 is inf/NaN (payload kept).
-inline float float16_bits_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1Fu;
-  const std::uint32_t man = h & 0x3FFu;
-  if (exp == 0) {
-    const float v = static_cast<float>(man) * 0x1p-24f;  // exact: man < 2^10
-    return sign ? -v : v;
-  }
-  if (exp == 0x1F) return internal::float_from_bits(sign | 0x7F800000u | (man << 13));
-  return internal::float_from_bits(sign | ((exp + 112u) << 23) | (man << 13));  // 112 = 127 - 15
-}
-
-/// bfloat16 bits -> float (exact): bfloat16 is the top half of a float32.
-inline float bfloat16_bits_to_float(std::uint16_t b) {
-  return internal::float_from_bits(static_cast<std::uint32_t>(b) << 16);
-}
-
-/// FP8 E4M3FN (OCP "float8_e4m3fn", torch.float8_e4m3fn, safetensors F8_E4M3) -> float.
-/// 1 sign, 4 exponent (bias 7), 3 mantissa bits. No infinities: 0x7F and 0xFF are NaN, every other
-/// code with exponent 15 is finite (max 448). Exponent 0 is subnormal: m * 2^-9.
-inline float fp8_e4m3_to_float(std::uint8_t c) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(c & 0x80u) << 24;
-  const std::uint32_t exp = (c >> 3) & 0xFu;
-  const std::uint32_t man = c & 0x7u;
-  if (exp == 0xF && man == 0x7) return std::numeric_limits<float>::quiet_NaN();
-  if (exp == 0) {
-    const float v = static_cast<float>(man) * 0x1p-9f;
-    return sign ? -v : v;
-  }
-  return internal::float_from_bits(sign | ((exp + 120u) << 23) | (man << 20));  // 120 = 127 - 7
-}
-
-/// FP8 E5M2 (safetensors F8_E5M2) -> float. It is IEEE-like (bias 15, inf and NaN at exponent 31)
-/// and is exactly the top byte of a binary16.
-inline float fp8_e5m2_to_float(std::uint8_t c) {
-  return float16_bits_to_float(static_cast<std::uint16_t>(c << 8));
-}
-
-/// E8M0 (OCP MX scale format, safetensors F8_E8M0): 2^(c - 127), 0xFF is NaN. No sign, no zero.
-inline float fp8_e8m0_to_float(std::uint8_t c) {
-  if (c == 0xFF) return std::numeric_limits<float>::quiet_NaN();
-  if (c == 0) return internal::float_from_bits(0x00400000u);  // 2^-127, a float32 subnormal
-  return internal::float_from_bits(static_cast<std::uint32_t>(c) << 23);
-}
-
-/// The two FP8 weight formats that block-wise dequantisation accepts.
-enum class Fp8Format : std::uint8_t { kE4M3, kE5M2 };
-
-/// 256-entry decode table for `format` (built once; avoids the branches in bulk decoding).
-inline const std::array<float, 256>& fp8_table(Fp8Format format) {
-  static const std::array<float, 256> e4m3 = [] {
-    std::array<float, 256> t{};
-    for (int c = 0; c < 256; ++c) t[c] = fp8_e4m3_to_float(static_cast<std::uint8_t>(c));
-    return t;
-  }();
-  static const std::array<float, 256> e5m2 = [] {
-    std::array<float, 256> t{};
-    for (int c = 0; c < 256; ++c) t[c] = fp8_e5m2_to_float(static_cast<std::uint8_t>(c));
-    return t;
-  }();
-  return format == Fp8Format::kE4M3 ? e4m3 : e5m2;
-}
+using ::mla::bfloat16_bits_to_float;
+using ::mla::float16_bits_to_float;
+using ::mla::Fp8Format;
+using ::mla::fp8_e4m3_to_float;
+using ::mla::fp8_e5m2_to_float;
+using ::mla::fp8_e8m0_to_float;
+using ::mla::fp8_table;
 
 /// Block size of the FP8 scales: one scale per [rows, cols] tile. DeepSeek-V3 uses 128 x 128
 /// (config.json `quantization_config.weight_block_size`).

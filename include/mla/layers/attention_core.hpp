@@ -43,9 +43,9 @@ ConstMatrixMap<Scalar> as_scalar(const T* data, Index rows, Index cols, Workspac
 /// all their rows see with a second GEMM, and the small triangle on the diagonal is done row by
 /// row, so a masked-out (zero) probability never meets a later token's value: 0 * NaN would
 /// otherwise leak a NaN input into earlier tokens' outputs (Eigen's triangular product multiplies
-/// the zeros too). The bulk GEMM packs V once per 256 rows rather than once per 64: in the
-/// T = 2048 prefill profile, 64-row tiles spent 38% of this function packing (gemm_pack_b,
-/// gemm_pack_a).
+/// the zeros too). The bulk GEMM packs V once per 256 rows rather than once per 64: packing
+/// (gemm_pack_b, gemm_pack_a) is a large share of this function in a long prefill, and a bigger
+/// tile packs the same V rows 4x less often (docs/benchmarks.md).
 template <class P, class V, class Out>
 void causal_probs_times_values(const P& p, const V& v, Out& out, Workspace& ws) {
   constexpr Index kTile = 256, kSub = 64;

@@ -20,8 +20,8 @@ namespace internal {
 
 /// Float rows on AVX2: the same steps 8 lanes at a time, exp through exp2_avx2 (relative error
 /// < 6e-9 besides rounding (x - max) * log2 e to float, as std::exp rounds its float argument),
-/// the normaliser still summed in double. std::exp is a visible part of the naive prefill's time
-/// (one per score), which this removes.
+/// the normaliser still summed in double. A long prefill's scores go through here, where a scalar
+/// std::exp per score would be a visible share of the step (docs/benchmarks.md).
 inline void softmax_inplace_avx2(float* x, Index n) {
   const Index n8 = n & ~Index(7);
   __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());

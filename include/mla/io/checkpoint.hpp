@@ -61,6 +61,7 @@ class Checkpoint {
       load_index(index_path);
     } else if (fs::exists(folder_ / kSingleFile, ec)) {
       layout_ = Layout::kSingleFile;
+      shard_files_ = {kSingleFile};
       register_file(kSingleFile);
     } else {
       layout_ = Layout::kScanned;
@@ -75,6 +76,7 @@ class Checkpoint {
         fail(" has no ", kIndexFile, ", no ", kSingleFile, " and no *.safetensors files");
       }
       std::sort(files.begin(), files.end());
+      shard_files_ = files;
       for (const std::string& f : files) register_file(f);
     }
   }
@@ -238,10 +240,9 @@ class Checkpoint {
     shard_files_.assign(files.begin(), files.end());
   }
 
-  // Opens `file` now and records its tensors (single-file and scanned layouts).
+  // Opens `file` (already in shard_files_) now and records its tensors (single-file and scanned
+  // layouts).
   void register_file(const std::string& file) {
-    shard_files_.push_back(file);
-    std::sort(shard_files_.begin(), shard_files_.end());
     const SafetensorsFile& f = shard(file);
     for (const std::string& name : f.names()) {
       const auto ins = weight_map_.emplace(name, file);

@@ -722,9 +722,7 @@ class SafetensorsWriter {
   SafetensorsWriter& add_raw(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape,
                              const void* data, std::size_t nbytes) {
     MLA_CHECK_ARG(name != "__metadata__", "SafetensorsWriter: '__metadata__' is not a tensor name");
-    for (const Entry& e : entries_) {
-      MLA_CHECK_ARG(e.name != name, "SafetensorsWriter: tensor '", name, "' added twice");
-    }
+    MLA_CHECK_ARG(names_.count(name) == 0, "SafetensorsWriter: tensor '", name, "' added twice");
     std::uint64_t numel = 1;
     for (std::int64_t d : shape) {
       MLA_CHECK_ARG(d >= 0, "SafetensorsWriter: tensor '", name, "' has negative dim in ",
@@ -737,6 +735,7 @@ class SafetensorsWriter {
     Entry e{name, dtype, std::move(shape), std::vector<std::uint8_t>(nbytes)};
     if (nbytes > 0) std::memcpy(e.bytes.data(), data, nbytes);
     entries_.push_back(std::move(e));
+    names_.insert(name);
     return *this;
   }
   /// Adds numel(shape) values of T; the dtype follows T (float F32, double F64, Eigen::bfloat16
@@ -784,16 +783,28 @@ class SafetensorsWriter {
 
   /// The complete file image.
   std::vector<std::uint8_t> to_bytes() const {
-    nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    // Compact JSON written entry by entry (an ordered_json would search its keys on every insert).
+    const auto quoted = [](const std::string& s) { return nlohmann::json(s).dump(); };
+    std::string text = "{";
+    if (!metadata_.empty()) {
+      text += "\"__metadata__\":{";
+      for (auto it = metadata_.begin(); it != metadata_.end(); ++it) {
+        text += (it == metadata_.begin() ? "" : ",") + quoted(it->first) + ":" + quoted(it->second);
+      }
+      text += "}";
+    }
     std::uint64_t offset = 0;
     for (const Entry& e : entries_) {
-      header[e.name] = {{"dtype", dtype_name(e.dtype)},
-                        {"shape", e.shape},
-                        {"data_offsets", {offset, offset + e.bytes.size()}}};
+      if (text.size() > 1) text += ',';
+      text += quoted(e.name) + ":{\"dtype\":\"" + dtype_name(e.dtype) + "\",\"shape\":[";
+      for (std::size_t i = 0; i < e.shape.size(); ++i) {
+        text += (i ? "," : "") + std::to_string(e.shape[i]);
+      }
+      text += "],\"data_offsets\":[" + std::to_string(offset) + "," +
+              std::to_string(offset + e.bytes.size()) + "]}";
       offset += e.bytes.size();
     }
-    std::string text = header.dump();
+    text += "}";
     text.append((8 - text.size() % 8) % 8, ' ');
     std::vector<std::uint8_t> out(8 + text.size() + offset);
     const std::uint64_t n = text.size();
@@ -823,6 +834,7 @@ class SafetensorsWriter {
     std::vector<std::uint8_t> bytes;
   };
   std::vector<Entry> entries_;
+  std::set<std::string> names_;  // of entries_, for the duplicate check
   std::map<std::string, std::string> metadata_;
 };
 

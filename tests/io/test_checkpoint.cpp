@@ -247,6 +247,37 @@ TEST_F(CheckpointTest, Fp8ScalesInAnotherShardAndBlockSizeFromConfig) {
   }
 }
 
+TEST_F(CheckpointTest, DeepOrHugeJsonIsRefusedOrQuotedBriefly) {
+  write_sharded();
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  // A value 200k levels deep where an error message would quote it (it used to be serialised
+  // whole, recursively): refused at parse time, naming the file and the limit.
+  write_text(dir_ / "config.json", "{\"quantization_config\": {\"weight_block_size\": " + deep + "}}");
+  expect_throw<std::runtime_error>([&] { Checkpoint ck(dir_); },
+                                   {dir_.string(), "config.json", "nested deeper than"});
+  write_text(dir_ / "config.json", R"({"hidden_size": 3})");
+  write_text(dir_ / "model.safetensors.index.json", "{\"weight_map\": {\"a.weight\": " + deep + "}}");
+  expect_throw<std::runtime_error>([&] { Checkpoint ck(dir_); },
+                                   {dir_.string(), "model.safetensors.index.json", "nested deeper than"});
+  // Within the limit but long: the message quotes an excerpt.
+  std::string long_list = "[1";
+  for (int i = 0; i < 20000; ++i) long_list += ",1";
+  long_list += "]";
+  const auto short_error = [&](const std::vector<std::string>& words) {
+    expect_throw<std::runtime_error>([&] { Checkpoint ck(dir_); }, words);
+    try {
+      Checkpoint ck(dir_);
+    } catch (const std::runtime_error& e) {
+      EXPECT_LT(std::string(e.what()).size(), dir_.string().size() + 300) << e.what();
+    }
+  };
+  write_text(dir_ / "model.safetensors.index.json", "{\"weight_map\": {\"a.weight\": " + long_list + "}}");
+  short_error({"'a.weight'", "non-string", "[1,1,1,"});
+  write_sharded();
+  write_text(dir_ / "config.json", "{\"quantization_config\": {\"weight_block_size\": " + long_list + "}}");
+  short_error({"weight_block_size", "[1,1,1,"});
+}
+
 TEST(CheckpointReference, DeepseekV3TinyFolder) {
   const fs::path dir = fs::path(reference_dir()) / "deepseek_v3_tiny";
   const Checkpoint ck(dir);

@@ -3,8 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+#include <string>
 
 #include "mla/io/hf_config.hpp"
+#include "mla/io/json.hpp"
 #include "mla/presets.hpp"
 #include "support/reference_dir.hpp"
 
@@ -110,6 +116,32 @@ TEST(HfConfig, ErrorsNameTheKey) {
   expect_error(R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 0,
                    "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8})",
                "kv_lora_rank (0)");
+}
+
+TEST(HfConfig, ReadJsonFileRefusesDeepNestingAndNulBytes) {
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() /
+      ("mla_test_hf_config_" + std::to_string(std::random_device{}()) + ".json");
+  const auto read_error = [&](const std::string& text) {
+    std::ofstream(path, std::ios::binary) << text;
+    try {
+      io::read_json_file(path.string());
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  const std::string msg = read_error("{\"hidden_size\": " + deep + ", \"num_attention_heads\": 2}");
+  EXPECT_NE(msg.find(path.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("nested deeper than " + std::to_string(io::kMaxJsonDepth) + " levels"),
+            std::string::npos)
+      << msg;
+  // nlohmann's lexer stops at a NUL byte: what follows it must not be ignored.
+  EXPECT_NE(read_error(std::string("{\"hidden_size\": 64}\0{", 21)).find("NUL byte at offset 19"),
+            std::string::npos);
+  EXPECT_NE(read_error("{\"hidden_size\": ").find("is not valid JSON"), std::string::npos);
+  std::filesystem::remove(path);
 }
 
 TEST(Presets, AllValidateAndHaveThePublishedShapes) {

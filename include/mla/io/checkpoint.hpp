@@ -10,8 +10,8 @@
 // FP8 weights are dequantised with their `<name>_scale_inv` tensor even if it sits in another shard;
 // the block size comes from config.json `quantization_config.weight_block_size` when present,
 // else 128 x 128. Errors follow mla/io/safetensors.hpp (std::runtime_error for anything about the
-// folder's contents, naming the tensor, the shard and the folder). All const members may be called
-// concurrently.
+// folder's contents, naming the tensor, the shard and the folder); the JSON files are read with
+// mla/io/json.hpp's limits. All const members may be called concurrently.
 #pragma once
 
 #include <algorithm>
@@ -21,11 +21,13 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "mla/io/json.hpp"
 #include "mla/io/safetensors.hpp"
 
 namespace mla {
@@ -186,11 +188,11 @@ class Checkpoint {
   nlohmann::json parse_json_file(const std::filesystem::path& path) const {
     std::ifstream in(path, std::ios::binary);
     if (!in) fail(": cannot open ", path.filename().string());
-    try {
-      return nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail(": ", path.filename().string(), " is not valid JSON: ", e.what());
-    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) fail(": cannot read ", path.filename().string());
+    return parse_json(text.str(), internal::str_cat("checkpoint folder '", folder_.string(), "': ",
+                                                    path.filename().string()));
   }
 
   void read_block_size_from_config() {
@@ -204,7 +206,7 @@ class Checkpoint {
     };
     if (!b.is_array() || b.size() != 2 || !positive(b[0]) || !positive(b[1])) {
       fail(": ", kConfigFile, " quantization_config.weight_block_size must be two positive integers, got ",
-           b.dump());
+           json_excerpt(b));
     }
     fp8_block_ = {b[0].get<Index>(), b[1].get<Index>()};
   }
@@ -227,7 +229,7 @@ class Checkpoint {
     std::set<std::string> files;
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
       if (!it->is_string()) {
-        fail(": ", kIndexFile, " maps tensor '", it.key(), "' to a non-string ", it->dump());
+        fail(": ", kIndexFile, " maps tensor '", it.key(), "' to a non-string ", json_excerpt(*it));
       }
       const std::string file = it->get<std::string>();
       if (!safe_relative(file)) {

@@ -28,6 +28,11 @@
 // tensors are decoded without scaling, except in read_matrix, which applies the DeepSeek block
 // scales (`<name>_scale_inv`) when that tensor exists (see mla/io/fp8.hpp).
 //
+// The header JSON is read with mla/io/json.hpp: nesting deeper than kMaxJsonDepth is refused
+// before any DOM is built, and messages quote values through json_excerpt(). Parsing and
+// validation cost O(n log n) for n entries (map insertions and one sort by offset); nothing rescans
+// the entries read so far.
+//
 // Not thread-hostile: all const members may be called concurrently on one object.
 #pragma once
 
@@ -53,6 +58,7 @@
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
 #include "mla/io/fp8.hpp"
+#include "mla/io/json.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "mla/io/safetensors.hpp assumes a little-endian host (safetensors data is little-endian)"
@@ -358,8 +364,6 @@ class SafetensorsFile {
  public:
   /// Largest accepted JSON header, as in the reference implementation (MAX_HEADER_SIZE).
   static constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
-  /// Deepest accepted JSON nesting; a valid header needs 3 (object, entry, shape list).
-  static constexpr int kMaxJsonDepth = 16;
 
   /// Opens and validates `path`; keeps the header, reads tensor bytes on demand.
   explicit SafetensorsFile(const std::filesystem::path& path) : label_(path.string()) {
@@ -560,18 +564,12 @@ class SafetensorsFile {
     return n;
   }
 
-  static std::string brief_json(const nlohmann::json& v) {
-    std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    if (s.size() > 40) s = s.substr(0, 37) + "...";
-    return s;
-  }
-
   // A JSON value that must be a non-negative integer.
   std::uint64_t get_uint(const nlohmann::json& v, const std::string& what) const {
     if (v.is_number_unsigned()) return v.get<std::uint64_t>();
     if (v.is_number_integer()) fail(what, " has a negative value ", v.get<std::int64_t>());
-    if (v.is_number_float()) fail(what, " has a non-integer value ", brief_json(v));
-    fail(what, " has a non-number value ", brief_json(v));
+    if (v.is_number_float()) fail(what, " has a non-integer value ", json_excerpt(v));
+    fail(what, " has a non-number value ", json_excerpt(v));
   }
 
   TensorInfo parse_entry(const std::string& name, const nlohmann::json& e,
@@ -579,36 +577,36 @@ class SafetensorsFile {
     TensorInfo ti;
     ti.name = name;
     const std::string t = internal::str_cat("tensor '", name, "'");
-    if (!e.is_object()) fail("entry of ", t, " is not a JSON object: ", brief_json(e));
+    if (!e.is_object()) fail("entry of ", t, " is not a JSON object: ", json_excerpt(e));
     for (const char* key : {"dtype", "shape", "data_offsets"}) {
       if (!e.contains(key)) fail(t, " has no '", key, "' field");
     }
     const nlohmann::json& jd = e["dtype"];
-    if (!jd.is_string()) fail("'dtype' of ", t, " is not a string: ", brief_json(jd));
+    if (!jd.is_string()) fail("'dtype' of ", t, " is not a string: ", json_excerpt(jd));
     const std::optional<Dtype> d = dtype_from_name(jd.get<std::string>());
-    if (!d) fail(t, " has unknown dtype ", brief_json(jd));
+    if (!d) fail(t, " has unknown dtype ", json_excerpt(jd));
     ti.dtype = *d;
 
     const nlohmann::json& js = e["shape"];
-    if (!js.is_array()) fail("'shape' of ", t, " is not a list: ", brief_json(js));
+    if (!js.is_array()) fail("'shape' of ", t, " is not a list: ", json_excerpt(js));
     std::uint64_t numel = 1;
     for (const nlohmann::json& dim : js) {
       const std::uint64_t v = get_uint(dim, internal::str_cat("'shape' of ", t));
       if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
           (v != 0 && numel > std::numeric_limits<std::uint64_t>::max() / v)) {
-        fail("shape ", brief_json(js), " of ", t, " overflows a 64-bit element count");
+        fail("shape ", json_excerpt(js), " of ", t, " overflows a 64-bit element count");
       }
       numel *= v;
       ti.shape.push_back(static_cast<std::int64_t>(v));
     }
     const std::uint64_t esize = dtype_size(ti.dtype);
     if (numel > std::numeric_limits<std::uint64_t>::max() / esize) {
-      fail("shape ", brief_json(js), " of ", t, " overflows a 64-bit byte count");
+      fail("shape ", json_excerpt(js), " of ", t, " overflows a 64-bit byte count");
     }
 
     const nlohmann::json& jo = e["data_offsets"];
     if (!jo.is_array() || jo.size() != 2) {
-      fail("'data_offsets' of ", t, " is not a list of two integers: ", brief_json(jo));
+      fail("'data_offsets' of ", t, " is not a list of two integers: ", json_excerpt(jo));
     }
     ti.begin = get_uint(jo[0], internal::str_cat("'data_offsets' of ", t));
     ti.end = get_uint(jo[1], internal::str_cat("'data_offsets' of ", t));
@@ -627,47 +625,20 @@ class SafetensorsFile {
 
   void parse_header(const char* text, std::size_t n, std::uint64_t data_size) {
     data_start_ = 8 + n;
-    // nlohmann's lexer takes a NUL byte for the end of input and would ignore what follows.
-    if (const void* z = std::memchr(text, 0, n)) {
-      fail("header contains a NUL byte at offset ", static_cast<const char*>(z) - text);
-    }
-    nlohmann::json root;
-    // Duplicate keys would make the file ambiguous (nlohmann keeps the last one silently), and
-    // deep nesting costs stack and memory for nothing: reject both while parsing.
-    std::vector<std::set<std::string>> keys;
-    const auto callback = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-      using E = nlohmann::json::parse_event_t;
-      if (ev == E::object_start || ev == E::array_start) {
-        if (depth >= kMaxJsonDepth) fail("header JSON is nested deeper than ", kMaxJsonDepth, " levels");
-        if (ev == E::object_start) keys.emplace_back();
-      } else if (ev == E::object_end) {
-        if (!keys.empty()) keys.pop_back();
-      } else if (ev == E::key && !keys.empty() && parsed.is_string()) {
-        if (!keys.back().insert(parsed.get<std::string>()).second) {
-          fail("header JSON has duplicate key ", brief_json(parsed));
-        }
-      }
-      return true;
-    };
-    try {
-      root = nlohmann::json::parse(text, text + n, callback);
-    } catch (const nlohmann::json::exception& e) {
-      // The parser quotes the offending input, which may be binary: keep the message printable.
-      std::string what = e.what();
-      for (char& ch : what) {
-        if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) > 0x7E) ch = '?';
-      }
-      fail("header is not valid JSON: ", what);
-    }
-    if (!root.is_object()) fail("header is not a JSON object: ", brief_json(root));
+    // Duplicate keys would make the file ambiguous (nlohmann keeps the last one silently); deep
+    // nesting is refused before a DOM exists (mla/io/json.hpp).
+    const nlohmann::json root = parse_json(std::string(text, n),
+                                           internal::str_cat("safetensors file '", label_, "': header"),
+                                           JsonDuplicateKeys::kReject);
+    if (!root.is_object()) fail("header is not a JSON object: ", json_excerpt(root));
 
     std::vector<const TensorInfo*> by_offset;
     for (auto it = root.begin(); it != root.end(); ++it) {
       if (it.key() == "__metadata__") {
-        if (!it->is_object()) fail("__metadata__ is not a JSON object: ", brief_json(*it));
+        if (!it->is_object()) fail("__metadata__ is not a JSON object: ", json_excerpt(*it));
         for (auto m = it->begin(); m != it->end(); ++m) {
           if (!m->is_string()) {
-            fail("__metadata__ value of key '", m.key(), "' is not a string: ", brief_json(*m));
+            fail("__metadata__ value of key '", m.key(), "' is not a string: ", json_excerpt(*m));
           }
           metadata_[m.key()] = m->get<std::string>();
         }

@@ -728,6 +728,52 @@ TEST(Fp8, CustomBlockSizeE5m2AndBadScales) {
                                    {"'e5.weight'", "F8_E5M2", "integer"});
 }
 
+TEST(Fp8, ScalesThatAreNotFinitePositiveAreRejected) {
+  // Each bad scale would turn its block into NaN, inf or zeros: the error names the scale tensor,
+  // the weight, the element [row, col] of the scale grid and its value.
+  const Fp8Weight q = make_fp8(70, 33, 64, 32);  // scales [2, 2]
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::pair<float, std::string>> bad = {
+      {std::numeric_limits<float>::quiet_NaN(), "nan"}, {inf, "inf"}, {-inf, "-inf"},
+      {0.0f, "is 0;"}, {-0.0f, "is -0;"}, {-0.5f, "-0.5"}};
+  for (const auto& [value, text] : bad) {
+    SCOPED_TRACE(text);
+    std::vector<float> scale = q.scale;
+    scale[3] = value;  // element [1, 1]
+    SafetensorsWriter w;
+    w.add_raw("w.weight", Dtype::kF8E4M3, {70, 33}, q.codes.data(), q.codes.size());
+    w.add("w.weight_scale_inv", {2, 2}, scale);
+    SafetensorsFile f = SafetensorsFile::from_bytes(w.to_bytes(), "s.safetensors");
+    f.set_fp8_block({64, 32});
+    expect_throw<std::runtime_error>([&] { f.read_matrix<float>("w.weight", 70, 33); },
+                                     {"scale tensor 'w.weight_scale_inv'", "s.safetensors",
+                                      "FP8 weight 'w.weight'", "element [1, 1]", text,
+                                      "finite and positive"});
+  }
+  // Other scale dtypes go through the same check after conversion: an F8_E8M0 NaN code (0xFF)
+  // and an F16 infinity (0x7C00).
+  {
+    const std::vector<std::uint8_t> e8 = {127, 0xFF, 127, 127};
+    SafetensorsWriter w;
+    w.add_raw("w.weight", Dtype::kF8E4M3, {70, 33}, q.codes.data(), q.codes.size());
+    w.add_raw("w.weight_scale_inv", Dtype::kF8E8M0, {2, 2}, e8.data(), e8.size());
+    SafetensorsFile f = SafetensorsFile::from_bytes(w.to_bytes());
+    f.set_fp8_block({64, 32});
+    expect_throw<std::runtime_error>([&] { f.read_matrix<double>("w.weight", 70, 33); },
+                                     {"element [0, 1]", "nan"});
+  }
+  {
+    const std::vector<std::uint8_t> f16 = u16_bytes({0x3C00, 0x3C00, 0x7C00, 0x3C00});
+    SafetensorsWriter w;
+    w.add_raw("w.weight", Dtype::kF8E5M2, {70, 33}, q.codes.data(), q.codes.size());
+    w.add_raw("w.weight_scale_inv", Dtype::kF16, {2, 2}, f16.data(), f16.size());
+    SafetensorsFile f = SafetensorsFile::from_bytes(w.to_bytes());
+    f.set_fp8_block({64, 32});
+    expect_throw<std::runtime_error>([&] { f.read_matrix<float>("w.weight", 70, 33); },
+                                     {"element [1, 0]", "inf"});
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The reference files
 

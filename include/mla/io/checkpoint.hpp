@@ -9,8 +9,11 @@
 // Reads route to the shard that holds the tensor and have the same meaning as SafetensorsFile's.
 // FP8 weights are dequantised with their `<name>_scale_inv` tensor even if it sits in another shard;
 // the block size comes from config.json `quantization_config.weight_block_size` when present,
-// else 128 x 128. Errors follow mla/io/safetensors.hpp (std::runtime_error for anything about the
-// folder's contents, naming the tensor, the shard and the folder); the JSON files are read with
+// else 128 x 128. When config.json declares FP8 quantization (`quantization_config.quant_method`
+// "fp8", as DeepSeek-V3/R1 do), read_matrix() of an FP8 weight without its scale tensor is an
+// error rather than a silently unscaled matrix. Block scales must be finite and positive.
+// Errors follow mla/io/safetensors.hpp (std::runtime_error for anything about the folder's
+// contents, naming the tensor, the shard and the folder); the JSON files are read with
 // mla/io/json.hpp's limits. All const members may be called concurrently.
 #pragma once
 
@@ -54,7 +57,7 @@ class Checkpoint {
       config_ = parse_json_file(config_path);
       if (!config_.is_object()) fail(": ", kConfigFile, " is not a JSON object");
       has_config_ = true;
-      read_block_size_from_config();
+      read_quantization_config();
     }
 
     const fs::path index_path = folder_ / kIndexFile;
@@ -155,7 +158,8 @@ class Checkpoint {
   /// As SafetensorsFile::read_matrix; the FP8 scale tensor may live in another shard.
   template <class Scalar>
   Matrix<Scalar> read_matrix(const std::string& name, Index rows, Index cols) const {
-    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_);
+    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_,
+                                                         fp8_scales_required_);
   }
   template <class Scalar>
   Vector<Scalar> read_vector(const std::string& name, Index n) const {
@@ -173,6 +177,9 @@ class Checkpoint {
                   "] must be positive");
     fp8_block_ = block;
   }
+  /// True when config.json declares FP8 quantization (`quantization_config.quant_method` "fp8"):
+  /// then read_matrix() refuses an FP8 weight that has no `<name>_scale_inv` tensor.
+  bool fp8_scales_required() const { return fp8_scales_required_; }
 
  private:
   struct Lazy {
@@ -195,10 +202,14 @@ class Checkpoint {
                                                     path.filename().string()));
   }
 
-  void read_block_size_from_config() {
+  void read_quantization_config() {
     if (!config_.contains("quantization_config")) return;
     const nlohmann::json& q = config_["quantization_config"];
-    if (!q.is_object() || !q.contains("weight_block_size")) return;
+    if (!q.is_object()) return;
+    const auto method = q.find("quant_method");
+    fp8_scales_required_ = method != q.end() && method->is_string() &&
+                           method->get_ref<const std::string&>() == "fp8";
+    if (!q.contains("weight_block_size")) return;
     const nlohmann::json& b = q["weight_block_size"];
     const auto positive = [](const nlohmann::json& v) {
       return v.is_number_unsigned() && v.get<std::uint64_t>() > 0 &&
@@ -276,6 +287,7 @@ class Checkpoint {
   std::vector<std::string> shard_files_;           // sorted
   std::unique_ptr<Lazy> lazy_;
   Fp8BlockSize fp8_block_;
+  bool fp8_scales_required_ = false;
 };
 
 }  // namespace io

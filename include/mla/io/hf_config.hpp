@@ -51,6 +51,10 @@ inline double get_double_or(const nlohmann::json& j, const char* key, double fal
   if (it == j.end() || it->is_null()) return fallback;
   MLA_CHECK_DATA(it->is_number(), "config.json: '", key, "' must be a number, got ",
                  json_excerpt(*it));
+  // JSON text cannot spell inf or NaN (nlohmann refuses 1e999), but a DOM converted from CBOR or
+  // MessagePack, or built by the caller, can hold them.
+  MLA_CHECK_DATA(std::isfinite(it->get<double>()), "config.json: '", key,
+                 "' must be a finite number, got ", it->get<double>());
   return it->get<double>();
 }
 

@@ -26,7 +26,8 @@
 // Eigen::half (round to nearest even; F64 -> 16-bit goes through float); integer and BOOL dtypes ->
 // any integer type, range-checked per element; float dtypes -> integer types are refused. FP8
 // tensors are decoded without scaling, except in read_matrix, which applies the DeepSeek block
-// scales (`<name>_scale_inv`) when that tensor exists (see mla/io/fp8.hpp).
+// scales (`<name>_scale_inv`) when that tensor exists (see mla/io/fp8.hpp) and refuses scales that
+// are NaN, infinite, zero or negative.
 //
 // The header JSON is read with mla/io/json.hpp: nesting deeper than kMaxJsonDepth is refused
 // before any DOM is built, and messages quote values through json_excerpt(). Parsing and
@@ -37,6 +38,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -312,10 +314,14 @@ inline void check_shape(const TensorInfo& ti, const std::vector<std::int64_t>& e
 }
 
 /// Shared by SafetensorsFile and Checkpoint. Reader provides info, contains, where, read_into,
-/// read_bytes and read<float>. Applies the FP8 block scales `<name>_scale_inv` when present.
+/// read_bytes and read<float>. Applies the FP8 block scales `<name>_scale_inv` when present, after
+/// checking that every scale is finite and positive (a NaN, infinite, zero or negative scale
+/// would turn its whole block into NaN, inf or zeros). With `scales_required` (the checkpoint
+/// declares FP8 quantization), an FP8 weight without its scale tensor is an error: its codes
+/// alone are the weight divided by the block scale.
 template <class Scalar, class Reader>
 Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index rows, Index cols,
-                                Fp8BlockSize block) {
+                                Fp8BlockSize block, bool scales_required) {
   MLA_CHECK_ARG(rows >= 0 && cols >= 0, "read_matrix('", name, "'): negative shape [", rows, ", ",
                 cols, "]");
   const TensorInfo& ti = r.info(name);
@@ -325,6 +331,12 @@ Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index 
   if constexpr (kIsFloatTarget<Scalar>) {
     const std::string scale_name = name + "_scale_inv";
     const bool fp8 = ti.dtype == Dtype::kF8E4M3 || ti.dtype == Dtype::kF8E5M2;
+    if (fp8 && scales_required && !r.contains(scale_name)) {
+      throw std::runtime_error(str_cat(
+          "FP8 weight '", name, "' (", dtype_name(ti.dtype), ") in '", r.where(name),
+          "' has no scale tensor '", scale_name, "', but the checkpoint declares FP8 quantization "
+          "(config.json quantization_config.quant_method \"fp8\"): its codes would load unscaled"));
+    }
     if (fp8 && r.contains(scale_name)) {
       MLA_CHECK_ARG(block.rows > 0 && block.cols > 0, "FP8 block size [", block.rows, ", ",
                     block.cols, "] must be positive");
@@ -343,6 +355,15 @@ Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index 
                                          ", expected a float dtype (F32)"));
       }
       const std::vector<float> scale = r.template read<float>(scale_name);
+      for (std::size_t k = 0; k < scale.size(); ++k) {
+        if (!(std::isfinite(scale[k]) && scale[k] > 0.0f)) {
+          const auto scale_cols = static_cast<std::size_t>(want[1]);
+          throw std::runtime_error(str_cat(
+              "scale tensor '", scale_name, "' in '", r.where(scale_name), "' of FP8 weight '", name,
+              "': element [", k / scale_cols, ", ", k % scale_cols, "] is ", scale[k],
+              "; block scales must be finite and positive"));
+        }
+      }
       const std::vector<std::uint8_t> codes = r.read_bytes(name);
       dequantize_fp8_blockwise(codes.data(),
                                ti.dtype == Dtype::kF8E4M3 ? Fp8Format::kE4M3 : Fp8Format::kE5M2,
@@ -496,7 +517,8 @@ class SafetensorsFile {
   /// dequantised: W[i, j] = fp8(W8[i, j]) * scale_inv[i / b.rows, j / b.cols] (b = fp8_block()).
   template <class Scalar>
   Matrix<Scalar> read_matrix(const std::string& name, Index rows, Index cols) const {
-    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_);
+    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_,
+                                                         /*scales_required=*/false);
   }
   /// Tensor `name` as a vector; the stored shape must be exactly [n].
   template <class Scalar>

@@ -1,11 +1,14 @@
 // Tests for mla/io/json.hpp: parse_json()'s nesting limit (exact at kMaxJsonDepth, brackets inside
 // strings not counted, 200k levels refused without a crash), its duplicate-key modes, syntax and
-// NUL-byte errors, and json_excerpt() against nlohmann's own dump() for small values and against
-// its bound for deep, long and wide ones.
+// NUL-byte errors; parse_json_members() against nlohmann's parse of the whole object and its
+// errors; json_excerpt() against nlohmann's own dump() for small values and against its bound for
+// deep, long and wide ones.
 #include <gtest/gtest.h>
 
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "mla/io/json.hpp"
 
@@ -109,6 +112,54 @@ TEST(ParseJson, SyntaxErrorsAndNulBytes) {
   // nlohmann's lexer would stop at the NUL and accept "{}".
   EXPECT_NE(parse_error(std::string("{}\0 garbage", 11)).find("'f.json' contains a NUL byte at offset 2"),
             std::string::npos);
+}
+
+TEST(ParseJsonMembers, HandsOverEachMemberInFileOrder) {
+  std::vector<std::pair<std::string, nlohmann::json>> got;
+  const std::string text = R"( {"b": [1, {"x": null}], "a": "s", "c": {"k": {"k": 2.5}}, "d": true} )";
+  io::parse_json_members(text.data(), text.size(), "'f.json'",
+                         [&](const std::string& k, const nlohmann::json& v) { got.emplace_back(k, v); });
+  ASSERT_EQ(got.size(), 4u);
+  const nlohmann::json whole = nlohmann::json::parse(text);
+  const char* order[] = {"b", "a", "c", "d"};
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].first, order[i]);
+    EXPECT_EQ(got[i].second, whole[order[i]]) << order[i];
+  }
+  int calls = 0;
+  io::parse_json_members("{}", 2, "x", [&](const std::string&, const nlohmann::json&) { ++calls; });
+  EXPECT_EQ(calls, 0);
+}
+
+TEST(ParseJsonMembers, ErrorsMatchParseJson) {
+  const auto error = [](const std::string& text) {
+    try {
+      io::parse_json_members(text.data(), text.size(), "'f.json'",
+                             [](const std::string&, const nlohmann::json&) {});
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  EXPECT_NE(error("[1,2]").find("'f.json' is not a JSON object: [1,2]"), std::string::npos);
+  EXPECT_NE(error("7").find("'f.json' is not a JSON object: 7"), std::string::npos);
+  EXPECT_NE(error("[1,").find("'f.json' is not valid JSON"), std::string::npos);
+  EXPECT_NE(error(R"({"a": 1, "a": 2})").find("duplicate key \"a\""), std::string::npos);
+  EXPECT_NE(error(R"({"a": {"b": 1, "b": 2}})").find("duplicate key \"b\""), std::string::npos);
+  EXPECT_NE(error(R"({"a": 1} x)").find("is not valid JSON"), std::string::npos);
+  EXPECT_NE(error(std::string("{}\0", 3)).find("NUL byte at offset 2"), std::string::npos);
+  // The root is level 1: a member may hold kMaxJsonDepth - 1 more levels.
+  EXPECT_EQ(error("{\"a\":" + nested_arrays(kMaxJsonDepth - 1) + "}"), "<accepted>");
+  for (const std::string& text : {"{\"a\":" + nested_arrays(kMaxJsonDepth) + "}",
+                                  "{\"a\":" + std::string(200000, '[')}) {
+    EXPECT_NE(error(text).find("'f.json' is nested deeper than"), std::string::npos);
+  }
+  // What the callback throws comes out unchanged.
+  EXPECT_THROW(io::parse_json_members("{\"a\": 1}", 8, "x",
+                                      [](const std::string&, const nlohmann::json&) {
+                                        throw std::invalid_argument("from the callback");
+                                      }),
+               std::invalid_argument);
 }
 
 TEST(JsonExcerpt, SmallValuesAreTheirCompactDump) {

@@ -4,9 +4,9 @@
 // nlohmann::json builds and parses without recursion, but dump(), copies and comparisons of a
 // value recurse once per nesting level: a value nested 200k deep overflows the stack the first
 // time an error message serialises it. Hence two rules for everything under mla/io:
-//   - parse_json() rejects nesting deeper than kMaxJsonDepth before any DOM is built (a SAX pass
-//     over the text, linear in its length and without recursion), so every value the loaders
-//     hold is at most kMaxJsonDepth levels deep;
+//   - parse_json() rejects nesting deeper than kMaxJsonDepth while it builds the DOM, before the
+//     container that would be too deep exists (a SAX parse: linear in the text, no recursion),
+//     so every value the loaders hold is at most kMaxJsonDepth levels deep;
 //   - error messages quote a value through json_excerpt(), which writes at most kJsonExcerptChars
 //     characters and recurses at most that many levels, whatever the value (a caller may hand
 //     parse_attention_config() a DOM it built itself, of any depth or size).
@@ -16,8 +16,9 @@
 
 #include <cstddef>
 #include <cstring>
+#include <set>
 #include <string>
-#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -77,67 +78,6 @@ inline void append_json_excerpt(const nlohmann::json& v, std::size_t stop, std::
   }
 }
 
-// The SAX pass of parse_json(): counts the nesting depth and, on request, the keys of every open
-// object. Returning false stops the parser at once.
-class JsonChecker {
- public:
-  using json = nlohmann::json;
-  explicit JsonChecker(JsonDuplicateKeys dup) : reject_duplicates_(dup == JsonDuplicateKeys::kReject) {}
-
-  bool null() { return true; }
-  bool boolean(bool) { return true; }
-  bool number_integer(json::number_integer_t) { return true; }
-  bool number_unsigned(json::number_unsigned_t) { return true; }
-  bool number_float(json::number_float_t, const json::string_t&) { return true; }
-  bool string(json::string_t&) { return true; }
-  bool binary(json::binary_t&) { return true; }
-  bool start_object(std::size_t) { return open(true); }
-  bool end_object() { return close(); }
-  bool start_array(std::size_t) { return open(false); }
-  bool end_array() { return close(); }
-  bool key(json::string_t& k) {
-    if (reject_duplicates_ && !keys_[static_cast<std::size_t>(depth_ - 1)].insert(k).second) {
-      error_ = kDuplicate;
-      duplicate_ = k;
-      return false;
-    }
-    return true;
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
-    error_ = kSyntax;
-    syntax_message_ = e.what();
-    return false;
-  }
-
-  enum Error { kNone, kSyntax, kTooDeep, kDuplicate };
-  Error error_ = kNone;
-  std::string syntax_message_;
-  std::string duplicate_;
-
- private:
-  bool open(bool object) {
-    if (depth_ == kMaxJsonDepth) {
-      error_ = kTooDeep;
-      return false;
-    }
-    ++depth_;
-    // keys_[d - 1] holds the keys of the object open at level d (one set per level, reused).
-    if (reject_duplicates_ && object) {
-      if (keys_.size() < static_cast<std::size_t>(depth_)) keys_.resize(static_cast<std::size_t>(depth_));
-      keys_[static_cast<std::size_t>(depth_ - 1)].clear();
-    }
-    return true;
-  }
-  bool close() {
-    --depth_;
-    return true;
-  }
-
-  bool reject_duplicates_;
-  int depth_ = 0;
-  std::vector<std::unordered_set<std::string>> keys_;
-};
-
 }  // namespace detail
 
 /// `v` as compact JSON, cut to at most `max_chars` characters (the last three "..." when cut, never
@@ -153,49 +93,244 @@ inline std::string json_excerpt(const nlohmann::json& v, std::size_t max_chars =
   return out + "...";
 }
 
+namespace detail {
+
+// The SAX handler of parse_json(): builds the DOM as nlohmann's own parser does (a stack of the
+// open containers, the object slot the next value goes to), refusing a container that would be
+// level max_depth + 1 before creating it and, on request, a key its object already has (one map
+// look-up per key). Returning false stops the parser at once.
+class JsonBuilder {
+ public:
+  using json = nlohmann::json;
+  enum Error { kNone, kSyntax, kTooDeep, kDuplicate };
+
+  explicit JsonBuilder(JsonDuplicateKeys dup, int max_depth = kMaxJsonDepth)
+      : reject_duplicates_(dup == JsonDuplicateKeys::kReject), max_depth_(max_depth) {}
+
+  bool null() { return put(nullptr) != nullptr; }
+  bool boolean(bool v) { return put(v) != nullptr; }
+  bool number_integer(json::number_integer_t v) { return put(v) != nullptr; }
+  bool number_unsigned(json::number_unsigned_t v) { return put(v) != nullptr; }
+  bool number_float(json::number_float_t v, const json::string_t&) { return put(v) != nullptr; }
+  bool string(json::string_t& v) { return put(std::move(v)) != nullptr; }
+  bool binary(json::binary_t& v) { return put(json::binary(std::move(v))) != nullptr; }
+  bool start_object(std::size_t) { return open(json::value_t::object); }
+  bool start_array(std::size_t) { return open(json::value_t::array); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
+  bool key(json::string_t& k) {
+    auto r = stack_.back()->get_ref<json::object_t&>().emplace(k, nullptr);
+    if (!r.second && reject_duplicates_) {
+      error_ = kDuplicate;
+      duplicate_ = k;
+      return false;
+    }
+    slot_ = &r.first->second;  // a repeated key (kLastWins) is overwritten by its new value
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
+    error_ = kSyntax;
+    syntax_message_ = e.what();
+    return false;
+  }
+  // Ready for the next value (keeps the stack's capacity).
+  void reset() {
+    root_ = json();
+    stack_.clear();
+    slot_ = nullptr;
+  }
+
+  json root_;
+  Error error_ = kNone;
+  std::string syntax_message_;
+  std::string duplicate_;
+
+ private:
+  // Stores v where the next value goes (the root, the end of the open array, or the slot of the
+  // last key) and returns its address.
+  template <class V>
+  json* put(V&& v) {
+    if (stack_.empty()) {
+      root_ = json(std::forward<V>(v));
+      return &root_;
+    }
+    json& top = *stack_.back();
+    if (top.is_array()) {
+      json::array_t& a = top.get_ref<json::array_t&>();
+      a.emplace_back(std::forward<V>(v));
+      return &a.back();
+    }
+    *slot_ = json(std::forward<V>(v));
+    return slot_;
+  }
+  bool open(json::value_t type) {
+    if (stack_.size() == static_cast<std::size_t>(max_depth_)) {
+      error_ = kTooDeep;
+      return false;
+    }
+    stack_.push_back(put(type));
+    return true;
+  }
+  bool close() {
+    stack_.pop_back();
+    return true;
+  }
+
+  bool reject_duplicates_;
+  int max_depth_;
+  std::vector<json*> stack_;  // the open containers, outermost first
+  json* slot_ = nullptr;      // the value of the last key of the innermost open object
+};
+
+// The SAX handler of parse_json_members(): the root must be an object; each member's value is
+// built by a JsonBuilder (one level less deep, the root taking one) and handed to on_member as
+// soon as it is complete, then dropped. Top-level keys are checked for duplicates in a set.
+template <class OnMember>
+class JsonMemberStream {
+ public:
+  using json = nlohmann::json;
+  explicit JsonMemberStream(OnMember& on_member) : on_member_(on_member) {}
+
+  bool null() { return scalar([&] { return value_.null(); }); }
+  bool boolean(bool v) { return scalar([&] { return value_.boolean(v); }); }
+  bool number_integer(json::number_integer_t v) { return scalar([&] { return value_.number_integer(v); }); }
+  bool number_unsigned(json::number_unsigned_t v) { return scalar([&] { return value_.number_unsigned(v); }); }
+  bool number_float(json::number_float_t v, const json::string_t& s) {
+    return scalar([&] { return value_.number_float(v, s); });
+  }
+  bool string(json::string_t& v) { return scalar([&] { return value_.string(v); }); }
+  bool binary(json::binary_t& v) { return scalar([&] { return value_.binary(v); }); }
+  bool start_object(std::size_t n) {
+    if (depth_++ == 0) return true;  // the root
+    return value_.start_object(n) || fail(value_.error_);
+  }
+  bool start_array(std::size_t n) {
+    if (depth_ == 0) return fail(kNotObject);
+    ++depth_;
+    return value_.start_array(n) || fail(value_.error_);
+  }
+  bool end_object() { return end([&] { return value_.end_object(); }); }
+  bool end_array() { return end([&] { return value_.end_array(); }); }
+  bool key(json::string_t& k) {
+    if (depth_ > 1) return value_.key(k) || fail(value_.error_);
+    if (!keys_.insert(k).second) {
+      duplicate_ = k;
+      return fail(JsonBuilder::kDuplicate);
+    }
+    key_ = std::move(k);
+    value_.reset();
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
+    syntax_message_ = e.what();
+    return fail(JsonBuilder::kSyntax);
+  }
+
+  static constexpr int kNotObject = JsonBuilder::kDuplicate + 1;
+  int error_ = JsonBuilder::kNone;
+  std::string syntax_message_;
+  std::string duplicate_;
+
+ private:
+  bool fail(int error) {
+    error_ = error;
+    if (error == JsonBuilder::kDuplicate && duplicate_.empty()) duplicate_ = value_.duplicate_;
+    return false;
+  }
+  template <class F>
+  bool scalar(F add) {
+    if (depth_ == 0) return fail(kNotObject);
+    if (!add()) return fail(value_.error_);
+    return depth_ > 1 || finish();
+  }
+  template <class F>
+  bool end(F close) {
+    if (--depth_ == 0) return true;  // the root closed
+    if (!close()) return fail(value_.error_);
+    return depth_ > 1 || finish();
+  }
+  bool finish() {
+    on_member_(static_cast<const std::string&>(key_), static_cast<const json&>(value_.root_));
+    return true;
+  }
+
+  OnMember& on_member_;
+  int depth_ = 0;  // open containers, the root included
+  JsonBuilder value_{JsonDuplicateKeys::kReject, kMaxJsonDepth - 1};  // the root is level 1
+  std::string key_;
+  std::set<std::string> keys_;
+};
+
+// Throws the message for a failed parse: JsonBuilder::Error (kNotObject is the caller's to word).
+[[noreturn]] inline void throw_json_error(const std::string& what, int error,
+                                          const std::string& syntax_message,
+                                          const std::string& duplicate) {
+  switch (error) {
+    case JsonBuilder::kTooDeep:
+      throw std::runtime_error(internal::str_cat(
+          what, " is nested deeper than ", kMaxJsonDepth,
+          " levels of JSON arrays/objects (the limit mla::io::kMaxJsonDepth)"));
+    case JsonBuilder::kDuplicate:
+      throw std::runtime_error(internal::str_cat(
+          what, " has duplicate key ", json_excerpt(nlohmann::json(duplicate))));
+    default:
+      break;
+  }
+  // The parser quotes the offending input, which may be binary: keep the message printable.
+  std::string msg = syntax_message.empty() ? "rejected by the parser" : syntax_message;
+  for (char& ch : msg) {
+    if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) > 0x7E) ch = '?';
+  }
+  throw std::runtime_error(internal::str_cat(what, " is not valid JSON: ", msg));
+}
+
+inline void check_no_nul(const char* text, std::size_t size, const std::string& what) {
+  if (const void* z = std::memchr(text, 0, size)) {
+    throw std::runtime_error(internal::str_cat(what, " contains a NUL byte at offset ",
+                                               static_cast<const char*>(z) - text));
+  }
+}
+
+}  // namespace detail
+
 /// Parses `text` as one JSON value; `what` names it in messages ("'config.json'", "safetensors
 /// file 'x': header"). Throws std::runtime_error "<what> is not valid JSON: ...", "<what> is
 /// nested deeper than 64 levels ...", "<what> has duplicate key ..." (kReject) or "<what> contains
 /// a NUL byte at offset N" (nlohmann's lexer would take a NUL for the end of the input and
-/// silently ignore what follows; a raw NUL is never valid JSON). Nesting and duplicates are
-/// checked in a first SAX pass, the DOM is built in a second one, both linear in text.size().
+/// silently ignore what follows; a raw NUL is never valid JSON). One pass, linear in the text:
+/// the checks run while the DOM is built, and a container too deep is refused before it exists.
+inline nlohmann::json parse_json(const char* text, std::size_t size, const std::string& what,
+                                 JsonDuplicateKeys duplicates = JsonDuplicateKeys::kLastWins) {
+  detail::check_no_nul(text, size, what);
+  detail::JsonBuilder builder(duplicates);
+  if (nlohmann::json::sax_parse(text, text + size, &builder)) return std::move(builder.root_);
+  detail::throw_json_error(what, builder.error_, builder.syntax_message_, builder.duplicate_);
+}
+
 inline nlohmann::json parse_json(const std::string& text, const std::string& what,
                                  JsonDuplicateKeys duplicates = JsonDuplicateKeys::kLastWins) {
-  const char* begin = text.data();
-  const char* end = begin + text.size();
-  if (const void* z = std::memchr(begin, 0, text.size())) {
-    throw std::runtime_error(internal::str_cat(what, " contains a NUL byte at offset ",
-                                               static_cast<const char*>(z) - begin));
+  return parse_json(text.data(), text.size(), what, duplicates);
+}
+
+/// Parses `text`, which must hold one JSON object, and calls on_member(const std::string& key,
+/// const nlohmann::json& value) for each member in file order as soon as its value is complete;
+/// each value is built, handed over and dropped before the next one, so a header of n entries
+/// never exists as one DOM (whose build and teardown cost more than the parse). Duplicate keys
+/// are refused at every level; the errors are parse_json()'s, plus "<what> is not a JSON object:
+/// <excerpt>". on_member may throw; members before a syntax error further on have been handed
+/// over by then.
+template <class OnMember>
+void parse_json_members(const char* text, std::size_t size, const std::string& what,
+                        OnMember on_member) {
+  detail::check_no_nul(text, size, what);
+  detail::JsonMemberStream<OnMember> stream(on_member);
+  if (nlohmann::json::sax_parse(text, text + size, &stream)) return;
+  if (stream.error_ == stream.kNotObject) {
+    // Parse it whole (throws if it is not valid JSON) for the excerpt.
+    const nlohmann::json root = parse_json(text, size, what, JsonDuplicateKeys::kReject);
+    throw std::runtime_error(internal::str_cat(what, " is not a JSON object: ", json_excerpt(root)));
   }
-  // The parser quotes the offending input, which may be binary: keep the message printable.
-  const auto syntax_error = [&](std::string msg) {
-    for (char& ch : msg) {
-      if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) > 0x7E) ch = '?';
-    }
-    return std::runtime_error(internal::str_cat(what, " is not valid JSON: ", msg));
-  };
-  detail::JsonChecker check(duplicates);
-  if (!nlohmann::json::sax_parse(begin, end, &check)) {
-    switch (check.error_) {
-      case detail::JsonChecker::kTooDeep:
-        throw std::runtime_error(internal::str_cat(
-            what, " is nested deeper than ", kMaxJsonDepth,
-            " levels of JSON arrays/objects (the limit mla::io::kMaxJsonDepth)"));
-      case detail::JsonChecker::kDuplicate:
-        throw std::runtime_error(internal::str_cat(what, " has duplicate key ",
-                                                   json_excerpt(nlohmann::json(check.duplicate_))));
-      case detail::JsonChecker::kSyntax:
-        throw syntax_error(check.syntax_message_);
-      case detail::JsonChecker::kNone:
-        break;
-    }
-    throw syntax_error("rejected by the parser");
-  }
-  try {
-    return nlohmann::json::parse(begin, end);
-  } catch (const nlohmann::json::exception& e) {  // not expected after the SAX pass accepted it
-    throw syntax_error(e.what());
-  }
+  detail::throw_json_error(what, stream.error_, stream.syntax_message_, stream.duplicate_);
 }
 
 }  // namespace mla::io

@@ -29,10 +29,10 @@
 // scales (`<name>_scale_inv`) when that tensor exists (see mla/io/fp8.hpp) and refuses scales that
 // are NaN, infinite, zero or negative.
 //
-// The header JSON is read with mla/io/json.hpp: nesting deeper than kMaxJsonDepth is refused
-// before any DOM is built, and messages quote values through json_excerpt(). Parsing and
-// validation cost O(n log n) for n entries (map insertions and one sort by offset); nothing rescans
-// the entries read so far.
+// The header JSON is read with mla/io/json.hpp, one entry at a time: nesting deeper than
+// kMaxJsonDepth is refused before it is built, and messages quote values through json_excerpt().
+// Parsing and validation cost O(n log n) for n entries (set and map insertions, one sort by
+// offset); nothing rescans the entries read so far.
 //
 // Not thread-hostile: all const members may be called concurrently on one object.
 #pragma once
@@ -586,26 +586,27 @@ class SafetensorsFile {
     return n;
   }
 
-  // A JSON value that must be a non-negative integer.
-  std::uint64_t get_uint(const nlohmann::json& v, const std::string& what) const {
+  // A JSON value that must be a non-negative integer: `field` (e.g. "'shape'") of tensor `t`.
+  // Messages are built only on failure (this runs a few times per entry).
+  std::uint64_t get_uint(const nlohmann::json& v, const char* field, const std::string& t) const {
     if (v.is_number_unsigned()) return v.get<std::uint64_t>();
-    if (v.is_number_integer()) fail(what, " has a negative value ", v.get<std::int64_t>());
-    if (v.is_number_float()) fail(what, " has a non-integer value ", json_excerpt(v));
-    fail(what, " has a non-number value ", json_excerpt(v));
+    if (v.is_number_integer()) fail(field, " of ", t, " has a negative value ", v.get<std::int64_t>());
+    if (v.is_number_float()) fail(field, " of ", t, " has a non-integer value ", json_excerpt(v));
+    fail(field, " of ", t, " has a non-number value ", json_excerpt(v));
   }
 
   TensorInfo parse_entry(const std::string& name, const nlohmann::json& e,
                          std::uint64_t data_size) const {
     TensorInfo ti;
     ti.name = name;
-    const std::string t = internal::str_cat("tensor '", name, "'");
+    const std::string t = "tensor '" + name + "'";  // for messages
     if (!e.is_object()) fail("entry of ", t, " is not a JSON object: ", json_excerpt(e));
     for (const char* key : {"dtype", "shape", "data_offsets"}) {
       if (!e.contains(key)) fail(t, " has no '", key, "' field");
     }
     const nlohmann::json& jd = e["dtype"];
     if (!jd.is_string()) fail("'dtype' of ", t, " is not a string: ", json_excerpt(jd));
-    const std::optional<Dtype> d = dtype_from_name(jd.get<std::string>());
+    const std::optional<Dtype> d = dtype_from_name(jd.get_ref<const std::string&>());
     if (!d) fail(t, " has unknown dtype ", json_excerpt(jd));
     ti.dtype = *d;
 
@@ -613,7 +614,7 @@ class SafetensorsFile {
     if (!js.is_array()) fail("'shape' of ", t, " is not a list: ", json_excerpt(js));
     std::uint64_t numel = 1;
     for (const nlohmann::json& dim : js) {
-      const std::uint64_t v = get_uint(dim, internal::str_cat("'shape' of ", t));
+      const std::uint64_t v = get_uint(dim, "'shape'", t);
       if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
           (v != 0 && numel > std::numeric_limits<std::uint64_t>::max() / v)) {
         fail("shape ", json_excerpt(js), " of ", t, " overflows a 64-bit element count");
@@ -630,8 +631,8 @@ class SafetensorsFile {
     if (!jo.is_array() || jo.size() != 2) {
       fail("'data_offsets' of ", t, " is not a list of two integers: ", json_excerpt(jo));
     }
-    ti.begin = get_uint(jo[0], internal::str_cat("'data_offsets' of ", t));
-    ti.end = get_uint(jo[1], internal::str_cat("'data_offsets' of ", t));
+    ti.begin = get_uint(jo[0], "'data_offsets'", t);
+    ti.end = get_uint(jo[1], "'data_offsets'", t);
     if (ti.begin > ti.end) fail("data_offsets [", ti.begin, ", ", ti.end, "] of ", t, " have begin > end");
     if (ti.end > data_size) {
       fail("data_offsets [", ti.begin, ", ", ti.end, "] of ", t, " exceed the data block of ",
@@ -647,28 +648,26 @@ class SafetensorsFile {
 
   void parse_header(const char* text, std::size_t n, std::uint64_t data_size) {
     data_start_ = 8 + n;
-    // Duplicate keys would make the file ambiguous (nlohmann keeps the last one silently); deep
-    // nesting is refused before a DOM exists (mla/io/json.hpp).
-    const nlohmann::json root = parse_json(std::string(text, n),
-                                           internal::str_cat("safetensors file '", label_, "': header"),
-                                           JsonDuplicateKeys::kReject);
-    if (!root.is_object()) fail("header is not a JSON object: ", json_excerpt(root));
-
+    // Each entry is validated as soon as the parser has read it (mla/io/json.hpp: duplicate keys,
+    // which would make the file ambiguous, and deep nesting are refused on the way), so the
+    // header never exists as one DOM.
     std::vector<const TensorInfo*> by_offset;
-    for (auto it = root.begin(); it != root.end(); ++it) {
-      if (it.key() == "__metadata__") {
-        if (!it->is_object()) fail("__metadata__ is not a JSON object: ", json_excerpt(*it));
-        for (auto m = it->begin(); m != it->end(); ++m) {
-          if (!m->is_string()) {
-            fail("__metadata__ value of key '", m.key(), "' is not a string: ", json_excerpt(*m));
+    parse_json_members(
+        text, n, internal::str_cat("safetensors file '", label_, "': header"),
+        [&](const std::string& key, const nlohmann::json& value) {
+          if (key == "__metadata__") {
+            if (!value.is_object()) fail("__metadata__ is not a JSON object: ", json_excerpt(value));
+            for (auto m = value.begin(); m != value.end(); ++m) {
+              if (!m->is_string()) {
+                fail("__metadata__ value of key '", m.key(), "' is not a string: ", json_excerpt(*m));
+              }
+              metadata_[m.key()] = m->get<std::string>();
+            }
+            return;
           }
-          metadata_[m.key()] = m->get<std::string>();
-        }
-        continue;
-      }
-      TensorInfo ti = parse_entry(it.key(), *it, data_size);
-      by_offset.push_back(&(tensors_[ti.name] = std::move(ti)));
-    }
+          TensorInfo ti = parse_entry(key, value, data_size);
+          by_offset.push_back(&(tensors_[key] = std::move(ti)));
+        });
 
     // The spec requires a fully indexed data block: tensors tile [0, data_size) with no overlap,
     // no hole and nothing after the last one.

@@ -1,9 +1,10 @@
 // Reading JSON that comes from files (config.json, model.safetensors.index.json, safetensors
 // headers) so that the input cannot choose the stack depth or the size of an error message.
 //
-// nlohmann::json builds and parses without recursion, but dump(), copies and comparisons of a
-// value recurse once per nesting level: a value nested 200k deep overflows the stack the first
-// time an error message serialises it. Hence two rules for everything under mla/io:
+// nlohmann::json parses, builds and destroys a value without recursion (3.7.3 and later), but
+// dump(), copies and comparisons recurse once per nesting level: a value nested 200k deep
+// overflows the stack the first time an error message serialises it. Hence two rules for
+// everything under mla/io:
 //   - parse_json() rejects nesting deeper than kMaxJsonDepth while it builds the DOM, before the
 //     container that would be too deep exists (a SAX parse: linear in the text, no recursion),
 //     so every value the loaders hold is at most kMaxJsonDepth levels deep;

@@ -1,5 +1,8 @@
-// libFuzzer entry point for the config.json reader (mla/io/hf_config.hpp). Any input is parsed as
-// JSON and handed to every reader: parse_rope (both pair layouts), is_mla_config,
+// libFuzzer entry point for the config.json reader (mla/io/hf_config.hpp). Any input is parsed by
+// io::parse_json (what read_json_file uses), which must return a value or throw
+// std::runtime_error, and whose value must equal nlohmann's own parse of the same bytes. The
+// readers are then run on nlohmann's DOM, which may be nested deeper than parse_json allows (a
+// caller can hand them any DOM): parse_rope (both pair layouts), is_mla_config,
 // parse_attention_config and parse_mla_config. Each must return a config that passes validate()
 // or throw what hf_config.hpp documents: std::runtime_error for what the file holds (missing key,
 // wrong type) or std::invalid_argument from validate(). Any other exception (e.g. an escaped
@@ -20,6 +23,7 @@
 #include <string>
 
 #include "mla/io/hf_config.hpp"
+#include "mla/io/json.hpp"
 #include "mla/ops/rope.hpp"
 
 namespace {
@@ -52,12 +56,23 @@ void use_rope(const mla::RopeConfig& r, std::int64_t dim) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  nlohmann::json bounded;
+  bool bounded_ok = false;
+  expect_documented_errors([&] {
+    bounded = mla::io::parse_json(text, "fuzz");
+    bounded_ok = true;
+  });
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(data, data + size);
   } catch (const std::exception&) {
-    return 0;  // not JSON: nlohmann's parse_error, as read_json_file turns into runtime_error
+    if (bounded_ok) __builtin_trap();  // parse_json accepted what nlohmann rejects
+    return 0;  // not JSON
   }
+  // Both parsed: the same value (== recurses, but parse_json's value is at most kMaxJsonDepth
+  // deep and compares unequal at the first level where they differ).
+  if (bounded_ok && !(bounded == j)) __builtin_trap();
   for (mla::RopeLayout layout : {mla::RopeLayout::kRotateHalf, mla::RopeLayout::kInterleaved}) {
     expect_documented_errors([&] {
       const mla::RopeConfig r = mla::io::parse_rope(j, layout);
@@ -74,9 +89,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect_documented_errors([&] {
     const mla::MlaConfig c = mla::io::parse_mla_config(j);
     c.validate();
-    // Not softmax_scale() / latent_dim() etc.: validate() puts no upper bound on the dims, so
-    // their int64 sums and products can overflow on a fuzzed file (reported; see
-    // tests/reliability/test_fuzz_regressions.cpp, DISABLED_ConfigDimsThatOverflowAreRejected).
+    // validate() bounds every dim by kMaxConfigDim, so the derived sizes cannot overflow
+    // (tests/reliability/test_fuzz_regressions.cpp, ConfigDimsThatOverflowAreRejected).
+    g_sink = g_sink + c.softmax_scale() + static_cast<double>(c.qk_head_dim());
     use_rope(c.rope, c.qk_rope_head_dim);
   });
   return 0;

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -244,6 +245,89 @@ TEST_F(CheckpointTest, Fp8ScalesInAnotherShardAndBlockSizeFromConfig) {
     SCOPED_TRACE(bad);
     write_text(dir_ / "config.json", "{\"quantization_config\": {\"weight_block_size\": " + bad + "}}");
     expect_throw<std::runtime_error>([&] { Checkpoint c2(dir_); }, {"weight_block_size", dir_.string()});
+  }
+}
+
+TEST_F(CheckpointTest, DeepOrHugeJsonIsRefusedOrQuotedBriefly) {
+  write_sharded();
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  // A value 200k levels deep where an error message would quote it (it used to be serialised
+  // whole, recursively): refused at parse time, naming the file and the limit.
+  write_text(dir_ / "config.json", "{\"quantization_config\": {\"weight_block_size\": " + deep + "}}");
+  expect_throw<std::runtime_error>([&] { Checkpoint ck(dir_); },
+                                   {dir_.string(), "config.json", "nested deeper than"});
+  write_text(dir_ / "config.json", R"({"hidden_size": 3})");
+  write_text(dir_ / "model.safetensors.index.json", "{\"weight_map\": {\"a.weight\": " + deep + "}}");
+  expect_throw<std::runtime_error>([&] { Checkpoint ck(dir_); },
+                                   {dir_.string(), "model.safetensors.index.json", "nested deeper than"});
+  // Within the limit but long: the message quotes an excerpt.
+  std::string long_list = "[1";
+  for (int i = 0; i < 20000; ++i) long_list += ",1";
+  long_list += "]";
+  const auto short_error = [&](const std::vector<std::string>& words) {
+    expect_throw<std::runtime_error>([&] { Checkpoint ck(dir_); }, words);
+    try {
+      Checkpoint ck(dir_);
+    } catch (const std::runtime_error& e) {
+      EXPECT_LT(std::string(e.what()).size(), dir_.string().size() + 300) << e.what();
+    }
+  };
+  write_text(dir_ / "model.safetensors.index.json", "{\"weight_map\": {\"a.weight\": " + long_list + "}}");
+  short_error({"'a.weight'", "non-string", "[1,1,1,"});
+  write_sharded();
+  write_text(dir_ / "config.json", "{\"quantization_config\": {\"weight_block_size\": " + long_list + "}}");
+  short_error({"weight_block_size", "[1,1,1,"});
+}
+
+// A [130, 70] E4M3 weight with codes (i * 13 + j * 5) % 0x7E in s1.safetensors.
+std::vector<std::uint8_t> write_fp8_weight(const fs::path& file) {
+  std::vector<std::uint8_t> codes;
+  for (int i = 0; i < 130; ++i)
+    for (int j = 0; j < 70; ++j) codes.push_back(static_cast<std::uint8_t>((i * 13 + j * 5) % 0x7E));
+  SafetensorsWriter().add_raw("q.weight", Dtype::kF8E4M3, {130, 70}, codes.data(), codes.size()).write(file);
+  return codes;
+}
+
+TEST_F(CheckpointTest, Fp8WeightWithoutScaleIsAnErrorWhenConfigDeclaresFp8) {
+  const std::vector<std::uint8_t> codes = write_fp8_weight(dir_ / "model.safetensors");
+  write_text(dir_ / "config.json",
+             R"({"quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}})");
+  {
+    const Checkpoint ck(dir_);
+    EXPECT_TRUE(ck.fp8_scales_required());
+    expect_throw<std::runtime_error>([&] { ck.read_matrix<float>("q.weight", 130, 70); },
+                                     {"FP8 weight 'q.weight'", "F8_E4M3", "model.safetensors",
+                                      "no scale tensor 'q.weight_scale_inv'", "quant_method", "unscaled"});
+    // The raw reads stay unscaled by definition (read<T> documents it).
+    EXPECT_EQ(ck.read<double>("q.weight")[71], ref_e4m3(codes[71]));
+  }
+  // Without an fp8 quant_method the codes are the weight, as documented.
+  for (const char* config : {R"({"hidden_size": 3})", R"({"quantization_config": {"quant_method": "bitsandbytes"}})",
+                             R"({"quantization_config": {"weight_block_size": [128, 128]}})"}) {
+    SCOPED_TRACE(config);
+    write_text(dir_ / "config.json", config);
+    const Checkpoint ck(dir_);
+    EXPECT_FALSE(ck.fp8_scales_required());
+    EXPECT_EQ(ck.read_matrix<double>("q.weight", 130, 70)(1, 1), ref_e4m3(codes[71]));
+  }
+}
+
+TEST_F(CheckpointTest, BadBlockScalesAreRejected) {
+  write_fp8_weight(dir_ / "s1.safetensors");
+  write_text(dir_ / "model.safetensors.index.json",
+             R"({"weight_map": {"q.weight": "s1.safetensors", "q.weight_scale_inv": "s2.safetensors"}})");
+  write_text(dir_ / "config.json", R"({"quantization_config": {"quant_method": "fp8", "weight_block_size": [64, 64]}})");
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::pair<float, std::string>> bad = {{nan, "nan"}, {inf, "inf"}, {0.0f, "is 0;"}, {-2.0f, "-2"}};
+  for (const auto& [value, text] : bad) {
+    SCOPED_TRACE(text);
+    std::vector<float> scale = {0.5f, 2.0f, 0.25f, 3.0f, 1.5f, 0.125f};  // [3, 2]
+    scale[5] = value;
+    SafetensorsWriter().add("q.weight_scale_inv", {3, 2}, scale).write(dir_ / "s2.safetensors");
+    const Checkpoint ck(dir_);
+    expect_throw<std::runtime_error>([&] { ck.read_matrix<float>("q.weight", 130, 70); },
+                                     {"scale tensor 'q.weight_scale_inv'", "s2.safetensors", "'q.weight'",
+                                      "element [2, 1]", text, "finite and positive"});
   }
 }
 

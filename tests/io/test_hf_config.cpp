@@ -3,8 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
 
 #include "mla/io/hf_config.hpp"
+#include "mla/io/json.hpp"
 #include "mla/presets.hpp"
 #include "support/reference_dir.hpp"
 
@@ -110,6 +117,59 @@ TEST(HfConfig, ErrorsNameTheKey) {
   expect_error(R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 0,
                    "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8})",
                "kv_lora_rank (0)");
+}
+
+TEST(HfConfig, ReadJsonFileRefusesDeepNestingAndNulBytes) {
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() /
+      ("mla_test_hf_config_" + std::to_string(std::random_device{}()) + ".json");
+  const auto read_error = [&](const std::string& text) {
+    std::ofstream(path, std::ios::binary) << text;
+    try {
+      io::read_json_file(path.string());
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  const std::string msg = read_error("{\"hidden_size\": " + deep + ", \"num_attention_heads\": 2}");
+  EXPECT_NE(msg.find(path.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("nested deeper than " + std::to_string(io::kMaxJsonDepth) + " levels"),
+            std::string::npos)
+      << msg;
+  // nlohmann's lexer stops at a NUL byte: what follows it must not be ignored.
+  EXPECT_NE(read_error(std::string("{\"hidden_size\": 64}\0{", 21)).find("NUL byte at offset 19"),
+            std::string::npos);
+  EXPECT_NE(read_error("{\"hidden_size\": ").find("is not valid JSON"), std::string::npos);
+  std::filesystem::remove(path);
+}
+
+TEST(HfConfig, NonFiniteNumbersAreRejected) {
+  // JSON text cannot hold inf or NaN, but a DOM from CBOR/MessagePack or built in code can; a
+  // rope field holding one would make the attention factor inf or NaN.
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const char* key : {"mscale", "mscale_all_dim", "beta_fast", "attention_factor"}) {
+    for (double bad : {inf, -inf, std::numeric_limits<double>::quiet_NaN()}) {
+      SCOPED_TRACE(std::string(key) + " = " + std::to_string(bad));
+      nlohmann::json cfg = nlohmann::json::parse(R"({"hidden_size": 64, "num_attention_heads": 2,
+          "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
+          "max_position_embeddings": 1024, "rope_scaling": {"type": "yarn", "factor": 4,
+          "original_max_position_embeddings": 256}})");
+      cfg["rope_scaling"][key] = bad;
+      // The same DOM survives a CBOR round trip (a config shipped in a binary format).
+      for (const nlohmann::json& c : {cfg, nlohmann::json::from_cbor(nlohmann::json::to_cbor(cfg))}) {
+        try {
+          io::parse_mla_config(c);
+          ADD_FAILURE() << "accepted";
+        } catch (const std::runtime_error& e) {
+          EXPECT_NE(std::string(e.what()).find(std::string("'") + key + "' must be a finite number"),
+                    std::string::npos)
+              << e.what();
+        }
+      }
+    }
+  }
 }
 
 TEST(Presets, AllValidateAndHaveThePublishedShapes) {

@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "mla/io/fp8.hpp"
+#include "mla/io/json.hpp"
 #include "mla/io/safetensors.hpp"
 
 namespace {
@@ -391,10 +392,16 @@ std::string entry(const std::string& name, const std::string& dtype, const std::
 
 TEST(Safetensors, MalformedFilesThrowClearErrors) {
   const std::string a_ok = entry("a", "\"F32\"", "[2]", "[0,8]");
-  std::string deep = "{\"x\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1],\"extra\":";
-  for (int i = 0; i < 40; ++i) deep += "[";
-  for (int i = 0; i < 40; ++i) deep += "]";
-  deep += "}}";
+  // kMaxJsonDepth + 1 levels: the header object, the entry, then kMaxJsonDepth - 1 lists.
+  const std::string deep = "{\"x\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1],\"extra\":" +
+                           std::string(mla::io::kMaxJsonDepth - 1, '[') +
+                           std::string(mla::io::kMaxJsonDepth - 1, ']') + "}}";
+  // 200k levels inside an entry (400 KB): refused, no stack overflow.
+  const std::string very_deep = "{\"x\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1],\"extra\":" +
+                                std::string(200000, '[') + std::string(200000, ']') + "}}";
+  // A huge bad value is quoted in a few dozen characters.
+  std::string long_shape = "[\"";
+  long_shape += std::string(100000, 'x') + "\"]";
   std::vector<std::uint8_t> nul = raw_file("{}", 0);
   nul.insert(nul.begin() + 8 + 2, '\0');
   nul[0] = 3;
@@ -459,14 +466,59 @@ TEST(Safetensors, MalformedFilesThrowClearErrors) {
        {"duplicate key", "\"dtype\""}},
       {"metadata list", raw_file("{\"__metadata__\":[1]}"), {"__metadata__", "not a JSON object"}},
       {"metadata number", raw_file("{\"__metadata__\":{\"k\":1}}"), {"__metadata__", "key 'k'", "not a string"}},
-      {"deep nesting", raw_file(deep, 1), {"nested deeper than"}},
+      {"deep nesting", raw_file(deep, 1), {"nested deeper than " + std::to_string(mla::io::kMaxJsonDepth)}},
+      {"very deep nesting", raw_file(very_deep, 1), {"nested deeper than"}},
+      {"deep shape", raw_file("{" + entry("a", "\"F32\"", std::string(200000, '[') + std::string(200000, ']'), "[0,8]") + "}", 8),
+       {"nested deeper than"}},
+      {"long value", raw_file("{" + entry("a", "\"F32\"", long_shape, "[0,8]") + "}", 8),
+       {"'shape' of tensor 'a'", "non-number", "\"xxxxx"}},
+      {"duplicate metadata key", raw_file("{\"__metadata__\":{\"k\":\"1\",\"k\":\"2\"}}"), {"duplicate key", "\"k\""}},
   };
   for (const BadCase& c : cases) {
     SCOPED_TRACE(c.what);
     std::vector<std::string> words = c.words;
     words.push_back("bad.safetensors");
     expect_throw<std::runtime_error>([&] { SafetensorsFile::from_bytes(c.bytes, "bad.safetensors"); }, words);
+    // Messages quote bounded excerpts of the header, never the whole value.
+    try {
+      SafetensorsFile::from_bytes(c.bytes, "bad.safetensors");
+    } catch (const std::runtime_error& e) {
+      EXPECT_LT(std::string(e.what()).size(), 400u) << e.what();
+    }
   }
+}
+
+TEST(Safetensors, ManyTensorsAndDuplicatesAmongThem) {
+  // 20k entries (the size that used to take seconds: the duplicate-key check rescanned the
+  // header object once per entry; the open time is in benchmarks/io_bench.cpp, not timed here).
+  constexpr int kN = 20000;
+  SafetensorsWriter w;
+  for (int i = 0; i < kN; ++i) w.add("t" + std::to_string(i) + ".weight", {2}, std::vector<float>{float(i), 1.0f});
+  const std::vector<std::uint8_t> bytes = w.to_bytes();
+  const SafetensorsFile f = SafetensorsFile::from_bytes(bytes);
+  ASSERT_EQ(f.size(), static_cast<std::size_t>(kN));
+  for (int i : {0, 1, 9999, kN - 1}) {
+    const std::string name = "t" + std::to_string(i) + ".weight";
+    EXPECT_EQ(f.info(name).begin, 8u * static_cast<std::uint64_t>(i)) << name;
+    EXPECT_EQ(f.read<float>(name), (std::vector<float>{float(i), 1.0f})) << name;
+  }
+  // The header without its closing brace (and padding): "{...,"t19999.weight":{...}".
+  std::string open(bytes.begin() + 8, bytes.end() - 8 * kN);
+  while (open.back() == ' ') open.pop_back();
+  open.pop_back();
+  // Its first entry repeated at the end: a duplicate 20k keys apart.
+  expect_throw<std::runtime_error>(
+      [&] {
+        SafetensorsFile::from_bytes(raw_file(
+            open + ",\"t0.weight\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8 * kN));
+      },
+      {"duplicate key", "\"t0.weight\""});
+  // A field repeated inside the last entry.
+  expect_throw<std::runtime_error>(
+      [&] {
+        SafetensorsFile::from_bytes(raw_file(open.substr(0, open.size() - 1) + ",\"dtype\":\"F32\"}}", 8 * kN));
+      },
+      {"duplicate key", "\"dtype\""});
 }
 
 TEST(Safetensors, AcceptsValidEdgeCases) {
@@ -474,6 +526,11 @@ TEST(Safetensors, AcceptsValidEdgeCases) {
   // order, unknown extra fields, and every dtype name.
   EXPECT_EQ(SafetensorsFile::from_bytes(raw_file("{}")).size(), 0u);
   EXPECT_EQ(SafetensorsFile::from_bytes(raw_file("{}      ")).size(), 0u);
+  // Nesting up to the limit is fine (an unknown extra field holding lists).
+  const std::string deepest = "{\"x\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1],\"extra\":" +
+                              std::string(mla::io::kMaxJsonDepth - 2, '[') +
+                              std::string(mla::io::kMaxJsonDepth - 2, ']') + "}}";
+  EXPECT_EQ(SafetensorsFile::from_bytes(raw_file(deepest, 1)).size(), 1u);
   const std::string h = "{" + entry("b", "\"F32\"", "[1]", "[8,12]") + "," + entry("a", "\"F32\"", "[2]", "[0,8]") + "," +
                         entry("z", "\"F16\"", "[0,3]", "[8,8]") + "," + entry("y", "\"I64\"", "[0]", "[12,12]") + "," +
                         "\"c\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[12,13],\"extra\":{\"k\":[1,2]}}" + "}   ";
@@ -669,6 +726,52 @@ TEST(Fp8, CustomBlockSizeE5m2AndBadScales) {
   // FP8 values (NaN included) have no integer reading, scaled or not.
   expect_throw<std::runtime_error>([&] { f.read_matrix<std::int32_t>("e5.weight", 70, 33); },
                                    {"'e5.weight'", "F8_E5M2", "integer"});
+}
+
+TEST(Fp8, ScalesThatAreNotFinitePositiveAreRejected) {
+  // Each bad scale would turn its block into NaN, inf or zeros: the error names the scale tensor,
+  // the weight, the element [row, col] of the scale grid and its value.
+  const Fp8Weight q = make_fp8(70, 33, 64, 32);  // scales [2, 2]
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::pair<float, std::string>> bad = {
+      {std::numeric_limits<float>::quiet_NaN(), "nan"}, {inf, "inf"}, {-inf, "-inf"},
+      {0.0f, "is 0;"}, {-0.0f, "is -0;"}, {-0.5f, "-0.5"}};
+  for (const auto& [value, text] : bad) {
+    SCOPED_TRACE(text);
+    std::vector<float> scale = q.scale;
+    scale[3] = value;  // element [1, 1]
+    SafetensorsWriter w;
+    w.add_raw("w.weight", Dtype::kF8E4M3, {70, 33}, q.codes.data(), q.codes.size());
+    w.add("w.weight_scale_inv", {2, 2}, scale);
+    SafetensorsFile f = SafetensorsFile::from_bytes(w.to_bytes(), "s.safetensors");
+    f.set_fp8_block({64, 32});
+    expect_throw<std::runtime_error>([&] { f.read_matrix<float>("w.weight", 70, 33); },
+                                     {"scale tensor 'w.weight_scale_inv'", "s.safetensors",
+                                      "FP8 weight 'w.weight'", "element [1, 1]", text,
+                                      "finite and positive"});
+  }
+  // Other scale dtypes go through the same check after conversion: an F8_E8M0 NaN code (0xFF)
+  // and an F16 infinity (0x7C00).
+  {
+    const std::vector<std::uint8_t> e8 = {127, 0xFF, 127, 127};
+    SafetensorsWriter w;
+    w.add_raw("w.weight", Dtype::kF8E4M3, {70, 33}, q.codes.data(), q.codes.size());
+    w.add_raw("w.weight_scale_inv", Dtype::kF8E8M0, {2, 2}, e8.data(), e8.size());
+    SafetensorsFile f = SafetensorsFile::from_bytes(w.to_bytes());
+    f.set_fp8_block({64, 32});
+    expect_throw<std::runtime_error>([&] { f.read_matrix<double>("w.weight", 70, 33); },
+                                     {"element [0, 1]", "nan"});
+  }
+  {
+    const std::vector<std::uint8_t> f16 = u16_bytes({0x3C00, 0x3C00, 0x7C00, 0x3C00});
+    SafetensorsWriter w;
+    w.add_raw("w.weight", Dtype::kF8E5M2, {70, 33}, q.codes.data(), q.codes.size());
+    w.add_raw("w.weight_scale_inv", Dtype::kF16, {2, 2}, f16.data(), f16.size());
+    SafetensorsFile f = SafetensorsFile::from_bytes(w.to_bytes());
+    f.set_fp8_block({64, 32});
+    expect_throw<std::runtime_error>([&] { f.read_matrix<float>("w.weight", 70, 33); },
+                                     {"element [1, 0]", "inf"});
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

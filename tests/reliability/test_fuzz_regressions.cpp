@@ -3,10 +3,12 @@
 // of the same code. Each input is kept verbatim; the test asserts the documented outcome.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <stdexcept>
 #include <string>
 
 #include "mla/io/hf_config.hpp"
+#include "mla/io/json.hpp"
 
 namespace mla {
 namespace {
@@ -57,13 +59,68 @@ TEST(FuzzRegressions, NonStringModelTypeIsARuntimeErrorNamingTheKey) {
 // kv_values_per_token() = 2 KV D, load_gqa_layer's H * D ...) would overflow int64 are rejected:
 // validate() bounds every dim by kMaxConfigDim.
 TEST(FuzzRegressions, ConfigDimsThatOverflowAreRejected) {
+  // The values are integers of the right type, so this is validate()'s std::invalid_argument
+  // (mla/io/hf_config.hpp), naming the field.
   const char* mla = R"({"hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 16,
       "qk_nope_head_dim": 4611686018427387904, "qk_rope_head_dim": 4611686018427387904,
       "v_head_dim": 8})";
-  EXPECT_THROW(io::parse_mla_config(nlohmann::json::parse(mla)), std::exception);
+  try {
+    io::parse_mla_config(nlohmann::json::parse(mla));
+    ADD_FAILURE() << "accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("qk_nope_head_dim (4611686018427387904)"), std::string::npos)
+        << e.what();
+  }
   const char* gqa = R"({"hidden_size": 64, "num_attention_heads": 4611686018427387904,
       "num_key_value_heads": 4611686018427387904, "head_dim": 4})";
-  EXPECT_THROW(io::parse_attention_config(nlohmann::json::parse(gqa)), std::exception);
+  try {
+    io::parse_attention_config(nlohmann::json::parse(gqa));
+    ADD_FAILURE() << "accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("num_attention_heads (4611686018427387904)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// fuzz_config_json: a 400 KB config.json whose `hidden_size` is 200k nested arrays overflowed the
+// stack under ASan: the error message serialised the value with nlohmann's recursive dump().
+// Every reader's type error now quotes a bounded excerpt, and parse_json() (what read_json_file
+// and the fuzz target use) refuses the nesting before building anything.
+TEST(FuzzRegressions, DeeplyNestedValueInAnErrorMessage) {
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  const auto expect_brief_error = [](const std::function<void()>& read, const std::string& key) {
+    try {
+      read();
+      ADD_FAILURE() << "accepted a nested value for " << key;
+    } catch (const std::runtime_error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("'" + key + "'"), std::string::npos) << msg;
+      EXPECT_LE(msg.size(), 100 + io::kJsonExcerptChars) << msg;
+    }
+  };
+  const std::string base = R"("hidden_size": 64, "num_attention_heads": 2, "kv_lora_rank": 16,
+      "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8)";
+  for (const std::string key : {"hidden_size", "num_attention_heads", "kv_lora_rank",
+                                "max_position_embeddings", "attention_bias", "rope_theta",
+                                "model_type"}) {
+    SCOPED_TRACE(key);
+    // nlohmann keeps the last of duplicate keys: the deep value replaces the valid one.
+    const nlohmann::json cfg = nlohmann::json::parse("{" + base + ", \"" + key + "\": " + deep + "}");
+    if (key != "model_type") expect_brief_error([&] { io::parse_mla_config(cfg); }, key);
+    if (key != "kv_lora_rank") expect_brief_error([&] { io::parse_attention_config(cfg); }, key);
+  }
+  const nlohmann::json rope = nlohmann::json::parse(
+      "{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": " + deep + "}}");
+  expect_brief_error([&] { io::parse_rope(rope, RopeLayout::kInterleaved); }, "factor");
+  // The fuzz target's input as text: refused by the parser.
+  try {
+    io::parse_json("{\"hidden_size\": " + deep + ", \"num_attention_heads\": 2}", "config.json");
+    ADD_FAILURE() << "parse_json accepted 200k levels";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("config.json is nested deeper than"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -9,9 +9,12 @@
 // Reads route to the shard that holds the tensor and have the same meaning as SafetensorsFile's.
 // FP8 weights are dequantised with their `<name>_scale_inv` tensor even if it sits in another shard;
 // the block size comes from config.json `quantization_config.weight_block_size` when present,
-// else 128 x 128. Errors follow mla/io/safetensors.hpp (std::runtime_error for anything about the
-// folder's contents, naming the tensor, the shard and the folder). All const members may be called
-// concurrently.
+// else 128 x 128. When config.json declares FP8 quantization (`quantization_config.quant_method`
+// "fp8", as DeepSeek-V3/R1 do), read_matrix() of an FP8 weight without its scale tensor is an
+// error rather than a silently unscaled matrix. Block scales must be finite and positive.
+// Errors follow mla/io/safetensors.hpp (std::runtime_error for anything about the folder's
+// contents, naming the tensor, the shard and the folder); the JSON files are read with
+// mla/io/json.hpp's limits. All const members may be called concurrently.
 #pragma once
 
 #include <algorithm>
@@ -21,11 +24,13 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "mla/io/json.hpp"
 #include "mla/io/safetensors.hpp"
 
 namespace mla {
@@ -52,7 +57,7 @@ class Checkpoint {
       config_ = parse_json_file(config_path);
       if (!config_.is_object()) fail(": ", kConfigFile, " is not a JSON object");
       has_config_ = true;
-      read_block_size_from_config();
+      read_quantization_config();
     }
 
     const fs::path index_path = folder_ / kIndexFile;
@@ -61,6 +66,7 @@ class Checkpoint {
       load_index(index_path);
     } else if (fs::exists(folder_ / kSingleFile, ec)) {
       layout_ = Layout::kSingleFile;
+      shard_files_ = {kSingleFile};
       register_file(kSingleFile);
     } else {
       layout_ = Layout::kScanned;
@@ -75,6 +81,7 @@ class Checkpoint {
         fail(" has no ", kIndexFile, ", no ", kSingleFile, " and no *.safetensors files");
       }
       std::sort(files.begin(), files.end());
+      shard_files_ = files;
       for (const std::string& f : files) register_file(f);
     }
   }
@@ -151,7 +158,8 @@ class Checkpoint {
   /// As SafetensorsFile::read_matrix; the FP8 scale tensor may live in another shard.
   template <class Scalar>
   Matrix<Scalar> read_matrix(const std::string& name, Index rows, Index cols) const {
-    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_);
+    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_,
+                                                         fp8_scales_required_);
   }
   template <class Scalar>
   Vector<Scalar> read_vector(const std::string& name, Index n) const {
@@ -169,6 +177,9 @@ class Checkpoint {
                   "] must be positive");
     fp8_block_ = block;
   }
+  /// True when config.json declares FP8 quantization (`quantization_config.quant_method` "fp8"):
+  /// then read_matrix() refuses an FP8 weight that has no `<name>_scale_inv` tensor.
+  bool fp8_scales_required() const { return fp8_scales_required_; }
 
  private:
   struct Lazy {
@@ -184,17 +195,21 @@ class Checkpoint {
   nlohmann::json parse_json_file(const std::filesystem::path& path) const {
     std::ifstream in(path, std::ios::binary);
     if (!in) fail(": cannot open ", path.filename().string());
-    try {
-      return nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      fail(": ", path.filename().string(), " is not valid JSON: ", e.what());
-    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) fail(": cannot read ", path.filename().string());
+    return parse_json(text.str(), internal::str_cat("checkpoint folder '", folder_.string(), "': ",
+                                                    path.filename().string()));
   }
 
-  void read_block_size_from_config() {
+  void read_quantization_config() {
     if (!config_.contains("quantization_config")) return;
     const nlohmann::json& q = config_["quantization_config"];
-    if (!q.is_object() || !q.contains("weight_block_size")) return;
+    if (!q.is_object()) return;
+    const auto method = q.find("quant_method");
+    fp8_scales_required_ = method != q.end() && method->is_string() &&
+                           method->get_ref<const std::string&>() == "fp8";
+    if (!q.contains("weight_block_size")) return;
     const nlohmann::json& b = q["weight_block_size"];
     const auto positive = [](const nlohmann::json& v) {
       return v.is_number_unsigned() && v.get<std::uint64_t>() > 0 &&
@@ -202,7 +217,7 @@ class Checkpoint {
     };
     if (!b.is_array() || b.size() != 2 || !positive(b[0]) || !positive(b[1])) {
       fail(": ", kConfigFile, " quantization_config.weight_block_size must be two positive integers, got ",
-           b.dump());
+           json_excerpt(b));
     }
     fp8_block_ = {b[0].get<Index>(), b[1].get<Index>()};
   }
@@ -225,7 +240,7 @@ class Checkpoint {
     std::set<std::string> files;
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
       if (!it->is_string()) {
-        fail(": ", kIndexFile, " maps tensor '", it.key(), "' to a non-string ", it->dump());
+        fail(": ", kIndexFile, " maps tensor '", it.key(), "' to a non-string ", json_excerpt(*it));
       }
       const std::string file = it->get<std::string>();
       if (!safe_relative(file)) {
@@ -238,10 +253,9 @@ class Checkpoint {
     shard_files_.assign(files.begin(), files.end());
   }
 
-  // Opens `file` now and records its tensors (single-file and scanned layouts).
+  // Opens `file` (already in shard_files_) now and records its tensors (single-file and scanned
+  // layouts).
   void register_file(const std::string& file) {
-    shard_files_.push_back(file);
-    std::sort(shard_files_.begin(), shard_files_.end());
     const SafetensorsFile& f = shard(file);
     for (const std::string& name : f.names()) {
       const auto ins = weight_map_.emplace(name, file);
@@ -273,6 +287,7 @@ class Checkpoint {
   std::vector<std::string> shard_files_;           // sorted
   std::unique_ptr<Lazy> lazy_;
   Fp8BlockSize fp8_block_;
+  bool fp8_scales_required_ = false;
 };
 
 }  // namespace io

@@ -1,17 +1,23 @@
 // Reading attention configs from a Hugging Face config.json (nlohmann::json). Understands both the
 // transformers >= 5 layout (`rope_parameters` holding rope_theta and the scaling) and the layout of
 // the released checkpoints (top-level `rope_theta` plus `rope_scaling` with `type` or `rope_type`).
-// Type errors and missing keys throw std::runtime_error naming the key.
+// Type errors and missing keys throw std::runtime_error naming the key and quoting the value found
+// (json_excerpt(): at most kJsonExcerptChars characters, whatever its size or depth); values that
+// pass those checks but do not add up (a negative head count, a rotary dim that is odd) throw
+// std::invalid_argument from the config's validate(). read_json_file() refuses JSON nested deeper
+// than kMaxJsonDepth (see mla/io/json.hpp).
 #pragma once
 
 #include <cmath>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "mla/config.hpp"
 #include "mla/core/check.hpp"
+#include "mla/io/json.hpp"
 
 namespace mla::io {
 
@@ -29,7 +35,7 @@ inline std::int64_t get_int(const nlohmann::json& j, const char* key) {
   MLA_CHECK_DATA(v.is_number_integer() ||
                      (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() &&
                       std::fabs(v.get<double>()) < 9.2e18),  // else the cast below is UB
-                 "config.json: '", key, "' must be an integer, got ", v.dump());
+                 "config.json: '", key, "' must be an integer, got ", json_excerpt(v));
   return v.is_number_integer() ? v.get<std::int64_t>()
                                : static_cast<std::int64_t>(v.get<double>());
 }
@@ -43,7 +49,12 @@ inline std::int64_t get_int_or(const nlohmann::json& j, const char* key, std::in
 inline double get_double_or(const nlohmann::json& j, const char* key, double fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  MLA_CHECK_DATA(it->is_number(), "config.json: '", key, "' must be a number, got ", it->dump());
+  MLA_CHECK_DATA(it->is_number(), "config.json: '", key, "' must be a number, got ",
+                 json_excerpt(*it));
+  // JSON text cannot spell inf or NaN (nlohmann refuses 1e999), but a DOM converted from CBOR or
+  // MessagePack, or built by the caller, can hold them.
+  MLA_CHECK_DATA(std::isfinite(it->get<double>()), "config.json: '", key,
+                 "' must be a finite number, got ", it->get<double>());
   return it->get<double>();
 }
 
@@ -51,21 +62,21 @@ inline bool get_bool_or(const nlohmann::json& j, const char* key, bool fallback)
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
   MLA_CHECK_DATA(it->is_boolean(), "config.json: '", key, "' must be true/false, got ",
-                 it->dump());
+                 json_excerpt(*it));
   return it->get<bool>();
 }
 
 }  // namespace detail
 
-/// Parses a whole config.json file.
+/// Parses a whole config.json file (parse_json(): syntax errors, a NUL byte and nesting deeper
+/// than kMaxJsonDepth throw std::runtime_error naming the path).
 inline nlohmann::json read_json_file(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   MLA_CHECK_DATA(in.good(), "cannot open '", path, "'");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(internal::str_cat("'", path, "' is not valid JSON: ", e.what()));
-  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  MLA_CHECK_DATA(!in.bad(), "cannot read '", path, "'");
+  return parse_json(text.str(), internal::str_cat("'", path, "'"));
 }
 
 /// RoPE settings from `rope_parameters`, or `rope_scaling` + `rope_theta`.
@@ -134,7 +145,7 @@ inline AttentionConfig parse_attention_config(const nlohmann::json& cfg) {
   c.head_dim = detail::get_int_or(cfg, "head_dim", c.hidden_size / c.num_attention_heads);
   const auto mt = cfg.find("model_type");  // cfg.value() would throw nlohmann's type_error
   MLA_CHECK_DATA(mt == cfg.end() || mt->is_string() || mt->is_null(),
-                 "config.json: 'model_type' must be a string, got ", mt->dump());
+                 "config.json: 'model_type' must be a string, got ", json_excerpt(*mt));
   const std::string model_type = mt != cfg.end() && mt->is_string() ? mt->get<std::string>() : "";
   if (model_type == "qwen2") {
     c.qkv_bias = true;

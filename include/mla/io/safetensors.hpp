@@ -26,12 +26,19 @@
 // Eigen::half (round to nearest even; F64 -> 16-bit goes through float); integer and BOOL dtypes ->
 // any integer type, range-checked per element; float dtypes -> integer types are refused. FP8
 // tensors are decoded without scaling, except in read_matrix, which applies the DeepSeek block
-// scales (`<name>_scale_inv`) when that tensor exists (see mla/io/fp8.hpp).
+// scales (`<name>_scale_inv`) when that tensor exists (see mla/io/fp8.hpp) and refuses scales that
+// are NaN, infinite, zero or negative.
+//
+// The header JSON is read with mla/io/json.hpp, one entry at a time: nesting deeper than
+// kMaxJsonDepth is refused before it is built, and messages quote values through json_excerpt().
+// Parsing and validation cost O(n log n) for n entries (set and map insertions, one sort by
+// offset); nothing rescans the entries read so far.
 //
 // Not thread-hostile: all const members may be called concurrently on one object.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -53,6 +60,7 @@
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
 #include "mla/io/fp8.hpp"
+#include "mla/io/json.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "mla/io/safetensors.hpp assumes a little-endian host (safetensors data is little-endian)"
@@ -306,10 +314,14 @@ inline void check_shape(const TensorInfo& ti, const std::vector<std::int64_t>& e
 }
 
 /// Shared by SafetensorsFile and Checkpoint. Reader provides info, contains, where, read_into,
-/// read_bytes and read<float>. Applies the FP8 block scales `<name>_scale_inv` when present.
+/// read_bytes and read<float>. Applies the FP8 block scales `<name>_scale_inv` when present, after
+/// checking that every scale is finite and positive (a NaN, infinite, zero or negative scale
+/// would turn its whole block into NaN, inf or zeros). With `scales_required` (the checkpoint
+/// declares FP8 quantization), an FP8 weight without its scale tensor is an error: its codes
+/// alone are the weight divided by the block scale.
 template <class Scalar, class Reader>
 Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index rows, Index cols,
-                                Fp8BlockSize block) {
+                                Fp8BlockSize block, bool scales_required) {
   MLA_CHECK_ARG(rows >= 0 && cols >= 0, "read_matrix('", name, "'): negative shape [", rows, ", ",
                 cols, "]");
   const TensorInfo& ti = r.info(name);
@@ -319,6 +331,12 @@ Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index 
   if constexpr (kIsFloatTarget<Scalar>) {
     const std::string scale_name = name + "_scale_inv";
     const bool fp8 = ti.dtype == Dtype::kF8E4M3 || ti.dtype == Dtype::kF8E5M2;
+    if (fp8 && scales_required && !r.contains(scale_name)) {
+      throw std::runtime_error(str_cat(
+          "FP8 weight '", name, "' (", dtype_name(ti.dtype), ") in '", r.where(name),
+          "' has no scale tensor '", scale_name, "', but the checkpoint declares FP8 quantization "
+          "(config.json quantization_config.quant_method \"fp8\"): its codes would load unscaled"));
+    }
     if (fp8 && r.contains(scale_name)) {
       MLA_CHECK_ARG(block.rows > 0 && block.cols > 0, "FP8 block size [", block.rows, ", ",
                     block.cols, "] must be positive");
@@ -337,6 +355,15 @@ Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index 
                                          ", expected a float dtype (F32)"));
       }
       const std::vector<float> scale = r.template read<float>(scale_name);
+      for (std::size_t k = 0; k < scale.size(); ++k) {
+        if (!(std::isfinite(scale[k]) && scale[k] > 0.0f)) {
+          const auto scale_cols = static_cast<std::size_t>(want[1]);
+          throw std::runtime_error(str_cat(
+              "scale tensor '", scale_name, "' in '", r.where(scale_name), "' of FP8 weight '", name,
+              "': element [", k / scale_cols, ", ", k % scale_cols, "] is ", scale[k],
+              "; block scales must be finite and positive"));
+        }
+      }
       const std::vector<std::uint8_t> codes = r.read_bytes(name);
       dequantize_fp8_blockwise(codes.data(),
                                ti.dtype == Dtype::kF8E4M3 ? Fp8Format::kE4M3 : Fp8Format::kE5M2,
@@ -358,8 +385,6 @@ class SafetensorsFile {
  public:
   /// Largest accepted JSON header, as in the reference implementation (MAX_HEADER_SIZE).
   static constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
-  /// Deepest accepted JSON nesting; a valid header needs 3 (object, entry, shape list).
-  static constexpr int kMaxJsonDepth = 16;
 
   /// Opens and validates `path`; keeps the header, reads tensor bytes on demand.
   explicit SafetensorsFile(const std::filesystem::path& path) : label_(path.string()) {
@@ -492,7 +517,8 @@ class SafetensorsFile {
   /// dequantised: W[i, j] = fp8(W8[i, j]) * scale_inv[i / b.rows, j / b.cols] (b = fp8_block()).
   template <class Scalar>
   Matrix<Scalar> read_matrix(const std::string& name, Index rows, Index cols) const {
-    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_);
+    return internal::tensor_io::read_matrix_from<Scalar>(*this, name, rows, cols, fp8_block_,
+                                                         /*scales_required=*/false);
   }
   /// Tensor `name` as a vector; the stored shape must be exactly [n].
   template <class Scalar>
@@ -560,58 +586,53 @@ class SafetensorsFile {
     return n;
   }
 
-  static std::string brief_json(const nlohmann::json& v) {
-    std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    if (s.size() > 40) s = s.substr(0, 37) + "...";
-    return s;
-  }
-
-  // A JSON value that must be a non-negative integer.
-  std::uint64_t get_uint(const nlohmann::json& v, const std::string& what) const {
+  // A JSON value that must be a non-negative integer: `field` (e.g. "'shape'") of tensor `t`.
+  // Messages are built only on failure (this runs a few times per entry).
+  std::uint64_t get_uint(const nlohmann::json& v, const char* field, const std::string& t) const {
     if (v.is_number_unsigned()) return v.get<std::uint64_t>();
-    if (v.is_number_integer()) fail(what, " has a negative value ", v.get<std::int64_t>());
-    if (v.is_number_float()) fail(what, " has a non-integer value ", brief_json(v));
-    fail(what, " has a non-number value ", brief_json(v));
+    if (v.is_number_integer()) fail(field, " of ", t, " has a negative value ", v.get<std::int64_t>());
+    if (v.is_number_float()) fail(field, " of ", t, " has a non-integer value ", json_excerpt(v));
+    fail(field, " of ", t, " has a non-number value ", json_excerpt(v));
   }
 
   TensorInfo parse_entry(const std::string& name, const nlohmann::json& e,
                          std::uint64_t data_size) const {
     TensorInfo ti;
     ti.name = name;
-    const std::string t = internal::str_cat("tensor '", name, "'");
-    if (!e.is_object()) fail("entry of ", t, " is not a JSON object: ", brief_json(e));
+    const std::string t = "tensor '" + name + "'";  // for messages
+    if (!e.is_object()) fail("entry of ", t, " is not a JSON object: ", json_excerpt(e));
     for (const char* key : {"dtype", "shape", "data_offsets"}) {
       if (!e.contains(key)) fail(t, " has no '", key, "' field");
     }
     const nlohmann::json& jd = e["dtype"];
-    if (!jd.is_string()) fail("'dtype' of ", t, " is not a string: ", brief_json(jd));
-    const std::optional<Dtype> d = dtype_from_name(jd.get<std::string>());
-    if (!d) fail(t, " has unknown dtype ", brief_json(jd));
+    if (!jd.is_string()) fail("'dtype' of ", t, " is not a string: ", json_excerpt(jd));
+    const std::optional<Dtype> d = dtype_from_name(jd.get_ref<const std::string&>());
+    if (!d) fail(t, " has unknown dtype ", json_excerpt(jd));
     ti.dtype = *d;
 
     const nlohmann::json& js = e["shape"];
-    if (!js.is_array()) fail("'shape' of ", t, " is not a list: ", brief_json(js));
+    if (!js.is_array()) fail("'shape' of ", t, " is not a list: ", json_excerpt(js));
     std::uint64_t numel = 1;
     for (const nlohmann::json& dim : js) {
-      const std::uint64_t v = get_uint(dim, internal::str_cat("'shape' of ", t));
+      const std::uint64_t v = get_uint(dim, "'shape'", t);
       if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) ||
           (v != 0 && numel > std::numeric_limits<std::uint64_t>::max() / v)) {
-        fail("shape ", brief_json(js), " of ", t, " overflows a 64-bit element count");
+        fail("shape ", json_excerpt(js), " of ", t, " overflows a 64-bit element count");
       }
       numel *= v;
       ti.shape.push_back(static_cast<std::int64_t>(v));
     }
     const std::uint64_t esize = dtype_size(ti.dtype);
     if (numel > std::numeric_limits<std::uint64_t>::max() / esize) {
-      fail("shape ", brief_json(js), " of ", t, " overflows a 64-bit byte count");
+      fail("shape ", json_excerpt(js), " of ", t, " overflows a 64-bit byte count");
     }
 
     const nlohmann::json& jo = e["data_offsets"];
     if (!jo.is_array() || jo.size() != 2) {
-      fail("'data_offsets' of ", t, " is not a list of two integers: ", brief_json(jo));
+      fail("'data_offsets' of ", t, " is not a list of two integers: ", json_excerpt(jo));
     }
-    ti.begin = get_uint(jo[0], internal::str_cat("'data_offsets' of ", t));
-    ti.end = get_uint(jo[1], internal::str_cat("'data_offsets' of ", t));
+    ti.begin = get_uint(jo[0], "'data_offsets'", t);
+    ti.end = get_uint(jo[1], "'data_offsets'", t);
     if (ti.begin > ti.end) fail("data_offsets [", ti.begin, ", ", ti.end, "] of ", t, " have begin > end");
     if (ti.end > data_size) {
       fail("data_offsets [", ti.begin, ", ", ti.end, "] of ", t, " exceed the data block of ",
@@ -627,55 +648,26 @@ class SafetensorsFile {
 
   void parse_header(const char* text, std::size_t n, std::uint64_t data_size) {
     data_start_ = 8 + n;
-    // nlohmann's lexer takes a NUL byte for the end of input and would ignore what follows.
-    if (const void* z = std::memchr(text, 0, n)) {
-      fail("header contains a NUL byte at offset ", static_cast<const char*>(z) - text);
-    }
-    nlohmann::json root;
-    // Duplicate keys would make the file ambiguous (nlohmann keeps the last one silently), and
-    // deep nesting costs stack and memory for nothing: reject both while parsing.
-    std::vector<std::set<std::string>> keys;
-    const auto callback = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-      using E = nlohmann::json::parse_event_t;
-      if (ev == E::object_start || ev == E::array_start) {
-        if (depth >= kMaxJsonDepth) fail("header JSON is nested deeper than ", kMaxJsonDepth, " levels");
-        if (ev == E::object_start) keys.emplace_back();
-      } else if (ev == E::object_end) {
-        if (!keys.empty()) keys.pop_back();
-      } else if (ev == E::key && !keys.empty() && parsed.is_string()) {
-        if (!keys.back().insert(parsed.get<std::string>()).second) {
-          fail("header JSON has duplicate key ", brief_json(parsed));
-        }
-      }
-      return true;
-    };
-    try {
-      root = nlohmann::json::parse(text, text + n, callback);
-    } catch (const nlohmann::json::exception& e) {
-      // The parser quotes the offending input, which may be binary: keep the message printable.
-      std::string what = e.what();
-      for (char& ch : what) {
-        if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) > 0x7E) ch = '?';
-      }
-      fail("header is not valid JSON: ", what);
-    }
-    if (!root.is_object()) fail("header is not a JSON object: ", brief_json(root));
-
+    // Each entry is validated as soon as the parser has read it (mla/io/json.hpp: duplicate keys,
+    // which would make the file ambiguous, and deep nesting are refused on the way), so the
+    // header never exists as one DOM.
     std::vector<const TensorInfo*> by_offset;
-    for (auto it = root.begin(); it != root.end(); ++it) {
-      if (it.key() == "__metadata__") {
-        if (!it->is_object()) fail("__metadata__ is not a JSON object: ", brief_json(*it));
-        for (auto m = it->begin(); m != it->end(); ++m) {
-          if (!m->is_string()) {
-            fail("__metadata__ value of key '", m.key(), "' is not a string: ", brief_json(*m));
+    parse_json_members(
+        text, n, internal::str_cat("safetensors file '", label_, "': header"),
+        [&](const std::string& key, const nlohmann::json& value) {
+          if (key == "__metadata__") {
+            if (!value.is_object()) fail("__metadata__ is not a JSON object: ", json_excerpt(value));
+            for (auto m = value.begin(); m != value.end(); ++m) {
+              if (!m->is_string()) {
+                fail("__metadata__ value of key '", m.key(), "' is not a string: ", json_excerpt(*m));
+              }
+              metadata_[m.key()] = m->get<std::string>();
+            }
+            return;
           }
-          metadata_[m.key()] = m->get<std::string>();
-        }
-        continue;
-      }
-      TensorInfo ti = parse_entry(it.key(), *it, data_size);
-      by_offset.push_back(&(tensors_[ti.name] = std::move(ti)));
-    }
+          TensorInfo ti = parse_entry(key, value, data_size);
+          by_offset.push_back(&(tensors_[key] = std::move(ti)));
+        });
 
     // The spec requires a fully indexed data block: tensors tile [0, data_size) with no overlap,
     // no hole and nothing after the last one.
@@ -722,9 +714,7 @@ class SafetensorsWriter {
   SafetensorsWriter& add_raw(const std::string& name, Dtype dtype, std::vector<std::int64_t> shape,
                              const void* data, std::size_t nbytes) {
     MLA_CHECK_ARG(name != "__metadata__", "SafetensorsWriter: '__metadata__' is not a tensor name");
-    for (const Entry& e : entries_) {
-      MLA_CHECK_ARG(e.name != name, "SafetensorsWriter: tensor '", name, "' added twice");
-    }
+    MLA_CHECK_ARG(names_.count(name) == 0, "SafetensorsWriter: tensor '", name, "' added twice");
     std::uint64_t numel = 1;
     for (std::int64_t d : shape) {
       MLA_CHECK_ARG(d >= 0, "SafetensorsWriter: tensor '", name, "' has negative dim in ",
@@ -737,6 +727,7 @@ class SafetensorsWriter {
     Entry e{name, dtype, std::move(shape), std::vector<std::uint8_t>(nbytes)};
     if (nbytes > 0) std::memcpy(e.bytes.data(), data, nbytes);
     entries_.push_back(std::move(e));
+    names_.insert(name);
     return *this;
   }
   /// Adds numel(shape) values of T; the dtype follows T (float F32, double F64, Eigen::bfloat16
@@ -784,16 +775,28 @@ class SafetensorsWriter {
 
   /// The complete file image.
   std::vector<std::uint8_t> to_bytes() const {
-    nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata_.empty()) header["__metadata__"] = metadata_;
+    // Compact JSON written entry by entry (an ordered_json would search its keys on every insert).
+    const auto quoted = [](const std::string& s) { return nlohmann::json(s).dump(); };
+    std::string text = "{";
+    if (!metadata_.empty()) {
+      text += "\"__metadata__\":{";
+      for (auto it = metadata_.begin(); it != metadata_.end(); ++it) {
+        text += (it == metadata_.begin() ? "" : ",") + quoted(it->first) + ":" + quoted(it->second);
+      }
+      text += "}";
+    }
     std::uint64_t offset = 0;
     for (const Entry& e : entries_) {
-      header[e.name] = {{"dtype", dtype_name(e.dtype)},
-                        {"shape", e.shape},
-                        {"data_offsets", {offset, offset + e.bytes.size()}}};
+      if (text.size() > 1) text += ',';
+      text += quoted(e.name) + ":{\"dtype\":\"" + dtype_name(e.dtype) + "\",\"shape\":[";
+      for (std::size_t i = 0; i < e.shape.size(); ++i) {
+        text += (i ? "," : "") + std::to_string(e.shape[i]);
+      }
+      text += "],\"data_offsets\":[" + std::to_string(offset) + "," +
+              std::to_string(offset + e.bytes.size()) + "]}";
       offset += e.bytes.size();
     }
-    std::string text = header.dump();
+    text += "}";
     text.append((8 - text.size() % 8) % 8, ' ');
     std::vector<std::uint8_t> out(8 + text.size() + offset);
     const std::uint64_t n = text.size();
@@ -823,6 +826,7 @@ class SafetensorsWriter {
     std::vector<std::uint8_t> bytes;
   };
   std::vector<Entry> entries_;
+  std::set<std::string> names_;  // of entries_, for the duplicate check
   std::map<std::string, std::string> metadata_;
 };
 

@@ -1,5 +1,5 @@
 // Rotary position embedding (RoPE): inverse frequencies for the default, linear, llama3 and yarn
-// schedules, and a precomputed cos/sin table that rotates vectors at arbitrary positions in either
+// schedules (RopeConfig::scaled_inv_freq, config.hpp), and a precomputed cos/sin table that rotates vectors at arbitrary positions in either
 // pair layout (rotate-half as in Llama/Qwen2, interleaved as in DeepSeek).
 //
 // The angles pos * inv_freq[i] and their cos/sin are formed in double and only then rounded to
@@ -18,67 +18,12 @@
 
 namespace mla {
 
-/// Inverse frequencies inv_freq[i], i = 0..dim/2-1, after the scaling `cfg` selects
-/// (transformers `ROPE_INIT_FUNCTIONS`):
-///   default: theta^(-2i/dim);  linear: default / factor;
-///   llama3: per-band blend by wavelength (orig/high_freq_factor, orig/low_freq_factor);
-///   yarn: inv_interp * ramp + inv_extrap * (1 - ramp) with the ramp between the corrected
-///         dimensions of beta_fast and beta_slow.
+/// Inverse frequencies inv_freq[i], i = 0..dim/2-1, after the scaling `cfg` selects (see
+/// RopeConfig::scaled_inv_freq). Throws std::invalid_argument when `cfg` does not validate.
 inline std::vector<double> rope_inv_freq(const RopeConfig& cfg, std::int64_t dim) {
   cfg.validate(dim);
-  const std::int64_t half = dim / 2;
-  std::vector<double> inv(static_cast<std::size_t>(half));
-  for (std::int64_t i = 0; i < half; ++i)
-    inv[i] = std::pow(cfg.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(dim));
-
-  const double pi = 3.14159265358979323846;
-  const double orig = static_cast<double>(cfg.original_max_position_embeddings);
-  switch (cfg.rope_type) {
-    case RopeType::kDefault:
-      break;
-    case RopeType::kLinear:
-      for (double& f : inv) f /= cfg.factor;
-      break;
-    case RopeType::kLlama3: {
-      const double low_wavelen = orig / cfg.low_freq_factor;
-      const double high_wavelen = orig / cfg.high_freq_factor;
-      for (double& f : inv) {
-        const double wavelen = 2.0 * pi / f;
-        if (wavelen < high_wavelen) continue;  // high frequencies: unchanged
-        if (wavelen > low_wavelen) {
-          f /= cfg.factor;  // low frequencies: interpolated
-        } else {
-          const double s = (orig / wavelen - cfg.low_freq_factor) /
-                           (cfg.high_freq_factor - cfg.low_freq_factor);
-          f = (1.0 - s) * f / cfg.factor + s * f;
-        }
-      }
-      break;
-    }
-    case RopeType::kYarn: {
-      // Dimension index whose wavelength fits `rotations` times into the original context.
-      auto correction_dim = [&](double rotations) {
-        return static_cast<double>(dim) * std::log(orig / (rotations * 2.0 * pi)) /
-               (2.0 * std::log(cfg.rope_theta));
-      };
-      double low = correction_dim(cfg.beta_fast);
-      double high = correction_dim(cfg.beta_slow);
-      if (cfg.truncate) {
-        low = std::floor(low);
-        high = std::ceil(high);
-      }
-      low = std::max(low, 0.0);
-      high = std::min(high, static_cast<double>(dim - 1));
-      if (low == high) high += 0.001;  // avoid a zero-width ramp
-      for (std::int64_t i = 0; i < half; ++i) {
-        const double ramp =
-            std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0);
-        const double extrap = inv[i];
-        inv[i] = extrap / cfg.factor * ramp + extrap * (1.0 - ramp);
-      }
-      break;
-    }
-  }
+  std::vector<double> inv(static_cast<std::size_t>(dim / 2));
+  for (std::int64_t i = 0; i < dim / 2; ++i) inv[std::size_t(i)] = cfg.scaled_inv_freq(i, dim);
   return inv;
 }
 

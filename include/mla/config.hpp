@@ -46,7 +46,9 @@ inline const char* to_string(RopeType t) {
 /// (e.g. heads * head_dim) stay far inside int64. Sizes that also involve a token count or a
 /// capacity from the caller are checked where they are formed (internal::checked_mul).
 inline constexpr std::int64_t kMaxConfigDim = std::int64_t{1} << 24;
-/// Upper bound on positions (RoPE table length).
+/// Upper bound on max_position_embeddings (and a layer's Options::max_positions): positions
+/// must lie in [0, max_position_embeddings). The RoPE cos/sin table does not grow with it: it
+/// covers at most kRopeTableMaxPairs (ops/rope.hpp) pairs, later positions are computed on demand.
 inline constexpr std::int64_t kMaxPositions = std::int64_t{1} << 32;
 /// Largest multiplier the RoPE scaling settings may put on activations or scores, and the
 /// inverse of the smallest: RopeConfig::attention_factor() (on cos and sin, so on q_pe and k_pe)
@@ -265,7 +267,7 @@ struct AttentionConfig {
   bool qkv_bias = false;  ///< bias on q_proj/k_proj/v_proj (Qwen2: always; Llama: attention_bias)
   bool o_bias = false;    ///< bias on o_proj (Llama attention_bias; Qwen2 never)
   RopeConfig rope{};
-  std::int64_t max_position_embeddings = 4096;  ///< RoPE table length (positions must be below)
+  std::int64_t max_position_embeddings = 4096;  ///< positions must be below it (<= kMaxPositions)
   std::int64_t num_hidden_layers = 1;           ///< layers in the model (for cache totals only)
 
   /// Query heads per key/value head (FlashMLA's q_head_per_hk).

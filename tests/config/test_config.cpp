@@ -1,20 +1,28 @@
 // Config validation: every RoPE field is checked for finiteness and range, naming the field; what
 // the fields derive (inv_freq, the attention factor, MLA's softmax scale) must come out finite,
-// positive and moderate, with a message naming the inputs.
+// positive and moderate, with a message naming the inputs; and a config may not make a layer
+// allocate with the size of its max_position_embeddings (the RoPE table is bounded).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "mla/config.hpp"
+#include "mla/layers/gqa.hpp"
+#include "mla/layers/mla.hpp"
 #include "mla/presets.hpp"
+#include "support/alloc_counter.hpp"
+#include "support/random.hpp"
 
 namespace mla {
 namespace {
 
+using testing::positions_from;
+using testing::rel_max_err;
+using testing::Rng;
 
 constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -165,6 +173,77 @@ TEST(ConfigValidation, PresetsStillValidate) {
   for (const AttentionConfig& c : {presets::qwen2_5_32b(), presets::llama3_1_8b(),
                                    presets::llama3_1_405b(), presets::mha_128x128()})
     EXPECT_NO_THROW(c.validate());
+}
+
+// ---- A config cannot make a layer allocate with the size of max_position_embeddings. ----
+
+/// Bytes the global operator new hands out while `fn` runs.
+template <class Fn>
+long bytes_allocated_by(Fn fn) {
+  g_alloc_bytes = 0;
+  g_count_allocs = true;
+  fn();
+  g_count_allocs = false;
+  return g_alloc_bytes.load();
+}
+
+// A table of 2^32 positions would be 2^32 x 2 x (2 cos + 2 sin) x 4 bytes = 128 GiB for this
+// 4-wide RoPE. The layer accepts every position up to 2^32 - 1 and computes those past its table
+// on demand, matching the double layer.
+TEST(ConfigResources, MlaLayerFromHugeMaxPositionsAllocatesABoundedTable) {
+  MlaConfig c = small_mla();
+  c.max_position_embeddings = kMaxPositions;
+  Rng rng_f(61), rng_d(61);  // the same draws: float weights are the double ones rounded
+  const auto w = testing::random_mla_weights<float>(c, rng_f);
+  const auto wd = testing::random_mla_weights<double>(c, rng_d);
+  std::unique_ptr<MultiHeadLatentAttention<float>> lf;
+  const long bytes = bytes_allocated_by(
+      [&] { lf = std::make_unique<MultiHeadLatentAttention<float>>(c, w); });
+  // Table: kRopeTableMaxPairs (cos, sin) pairs of float; the weights and the rest are ~10 KB.
+  const long table_bound = 2 * long(sizeof(float)) * kRopeTableMaxPairs;
+  EXPECT_LE(bytes, table_bound + (1 << 20));
+  EXPECT_LE(lf->rope().table_bytes(), std::size_t(table_bound));
+  EXPECT_EQ(lf->rope().max_positions(), kMaxPositions);
+
+  // Positions at the end of the range (on demand) agree with the double layer.
+  const MultiHeadLatentAttention<double> ld(c, wd);
+  const Matrix<double> x = rng_d.normal<double>(3, 32);
+  const Positions pos = positions_from(kMaxPositions - 3, 3);
+  auto cf = lf->make_latent_cache(3);
+  auto cd = ld.make_latent_cache(3);
+  const Matrix<float> yf = lf->forward(x.cast<float>(), pos, cf);
+  const Matrix<double> yd = ld.forward(x, pos, cd);
+  ASSERT_TRUE(yf.allFinite());
+  EXPECT_LE(rel_max_err(yf.cast<double>(), yd), 1e-4);
+  EXPECT_THROW(lf->forward(x.topRows(1).cast<float>(), positions_from(kMaxPositions, 1), cf),
+               std::invalid_argument);
+}
+
+// The same through Options::max_positions on a GQA layer whose config allows only 64 positions:
+// the option raises the accepted range to 2^32, the table stays bounded; past kMaxPositions the
+// option is refused.
+TEST(ConfigResources, GqaOptionsMaxPositionsAllocatesABoundedTable) {
+  AttentionConfig c;
+  c.hidden_size = 48;
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.max_position_embeddings = 64;
+  Rng rng(62);
+  const auto w = testing::random_gqa_weights<float>(c, rng);
+  GroupedQueryAttention<float>::Options opt;
+  opt.max_positions = kMaxPositions;
+  std::unique_ptr<GroupedQueryAttention<float>> layer;
+  const long bytes = bytes_allocated_by(
+      [&] { layer = std::make_unique<GroupedQueryAttention<float>>(c, w, opt); });
+  EXPECT_LE(bytes, 2 * long(sizeof(float)) * kRopeTableMaxPairs + (1 << 20));
+  EXPECT_EQ(layer->rope().max_positions(), kMaxPositions);
+  auto cache = layer->make_cache(1);
+  const Matrix<float> x = rng.normal<float>(1, 48);
+  EXPECT_TRUE(layer->forward(x, positions_from(kMaxPositions - 1, 1), cache).allFinite());
+  opt.max_positions = kMaxPositions + 1;
+  EXPECT_HAS(invalid_argument_of([&] { GroupedQueryAttention<float>(c, w, opt); }),
+             "RoPE max_positions (4294967297)");
 }
 
 }  // namespace

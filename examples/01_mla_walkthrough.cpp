@@ -63,7 +63,8 @@ int main() {
   w.kv_a_layernorm = mla::Vector<float>::Ones(R);
   w.kv_b_proj = fill.linear(H * (cfg.qk_nope_head_dim + V), R);
   w.o_proj = fill.linear(hidden, H * V);
-  // A 4k-position RoPE table is plenty here (the full 163840 would cost 42 MB).
+  // 4k positions are plenty here (the cos/sin table for all 163840 would take 32 MiB: its
+  // bound, kRopeTableMaxPairs, covers 131072 positions of this 64-wide RoPE).
   mla::MultiHeadLatentAttention<float> layer(cfg, std::move(w), {/*max_positions=*/4096});
   std::printf("built one layer: %.1f M attention parameters\n\n",
               (layer.weights().q_a_proj.weight.size() + layer.weights().q_b_proj.weight.size() +

@@ -27,6 +27,9 @@ class KvCache {
       : kv_heads_(kv_heads), head_dim_(head_dim), v_dim_(v_dim) {
     MLA_CHECK_ARG(kv_heads > 0 && head_dim > 0 && v_dim > 0, "KvCache: kv_heads (", kv_heads,
                   "), head_dim (", head_dim, ") and v_dim (", v_dim, ") must be positive");
+    internal::checked_mul("KvCache: values per token kv_heads * (head_dim + v_dim)",
+                          {kv_heads, internal::checked_add("KvCache: head_dim + v_dim",
+                                                           {head_dim, v_dim})});
     reserve(capacity);
   }
 
@@ -51,8 +54,12 @@ class KvCache {
     MLA_CHECK_ARG(new_capacity >= 0, "KvCache::reserve: capacity (", new_capacity,
                   ") must be non-negative");
     if (new_capacity <= capacity_) return;
-    std::vector<T> k(static_cast<std::size_t>(kv_heads_ * new_capacity * head_dim_));
-    std::vector<T> v(static_cast<std::size_t>(kv_heads_ * new_capacity * v_dim_));
+    std::vector<T> k(static_cast<std::size_t>(internal::checked_elements<T>(
+        "KvCache::reserve: K elements kv_heads * capacity * head_dim",
+        {kv_heads_, new_capacity, head_dim_})));
+    std::vector<T> v(static_cast<std::size_t>(internal::checked_elements<T>(
+        "KvCache::reserve: V elements kv_heads * capacity * v_dim",
+        {kv_heads_, new_capacity, v_dim_})));
     for (Index h = 0; h < kv_heads_; ++h) {
       std::copy_n(k_.data() + h * capacity_ * head_dim_, size_ * head_dim_,
                   k.data() + h * new_capacity * head_dim_);
@@ -73,9 +80,9 @@ class KvCache {
     size_ = new_size;
   }
 
-  /// Throws std::length_error-style std::invalid_argument unless `n` more tokens fit.
+  /// Throws std::invalid_argument unless `n` more tokens fit.
   void check_room(Index n) const {
-    MLA_CHECK_ARG(n >= 0 && size_ + n <= capacity_, "KvCache overflow: appending ", n,
+    MLA_CHECK_ARG(n >= 0 && n <= capacity_ - size_, "KvCache overflow: appending ", n,
                   " tokens to ", size_, " stored with capacity ", capacity_,
                   "; call reserve() to grow the cache");
   }

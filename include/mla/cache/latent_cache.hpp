@@ -26,6 +26,8 @@ class LatentCache {
     MLA_CHECK_ARG(kv_lora_rank > 0 && qk_rope_head_dim >= 0, "LatentCache: kv_lora_rank (",
                   kv_lora_rank, ") must be positive and qk_rope_head_dim (", qk_rope_head_dim,
                   ") non-negative");
+    internal::checked_add("LatentCache: row width kv_lora_rank + qk_rope_head_dim",
+                          {kv_lora_rank, qk_rope_head_dim});
     reserve(capacity);
   }
 
@@ -44,7 +46,8 @@ class LatentCache {
     MLA_CHECK_ARG(new_capacity >= 0, "LatentCache::reserve: capacity (", new_capacity,
                   ") must be non-negative");
     if (new_capacity <= capacity_) return;
-    std::vector<T> d(static_cast<std::size_t>(new_capacity * row_dim()));
+    std::vector<T> d(static_cast<std::size_t>(internal::checked_elements<T>(
+        "LatentCache::reserve: capacity * row width", {new_capacity, row_dim()})));
     std::copy_n(data_.data(), size_ * row_dim(), d.data());
     data_.swap(d);
     capacity_ = new_capacity;
@@ -56,7 +59,7 @@ class LatentCache {
     size_ = new_size;
   }
   void check_room(Index n) const {
-    MLA_CHECK_ARG(n >= 0 && size_ + n <= capacity_, "LatentCache overflow: appending ", n,
+    MLA_CHECK_ARG(n >= 0 && n <= capacity_ - size_, "LatentCache overflow: appending ", n,
                   " tokens to ", size_, " stored with capacity ", capacity_,
                   "; call reserve() to grow the cache");
   }

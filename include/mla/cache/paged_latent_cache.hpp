@@ -59,7 +59,11 @@ struct LatentRowCodec {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
                 "latent cache elements are float, mla::bfloat16 or mla::Fp8Latent");
   using Unit = T;
-  static Index row_units(Index kv_lora_rank, Index rope_dim) { return kv_lora_rank + rope_dim; }
+  /// Throws std::invalid_argument if the row width overflows (widths from a caller's view).
+  static Index row_units(Index kv_lora_rank, Index rope_dim) {
+    return internal::checked_add("latent row width kv_lora_rank + rope_dim",
+                                 {kv_lora_rank, rope_dim});
+  }
   template <class Src>
   static void encode(const Src* src, Index kv_lora_rank, Index rope_dim, Unit* dst) {
     for (Index i = 0; i < kv_lora_rank + rope_dim; ++i) dst[i] = static_cast<T>(src[i]);
@@ -76,7 +80,9 @@ template <>
 struct LatentRowCodec<Fp8Latent> {
   using Unit = std::uint8_t;
   static Index row_units(Index kv_lora_rank, Index rope_dim) {
-    return Fp8LatentLayout{kv_lora_rank, rope_dim}.bytes_per_token();
+    const Fp8LatentLayout layout{kv_lora_rank, rope_dim};
+    layout.validate();  // the byte count fits in int64
+    return layout.bytes_per_token();
   }
   template <class Src>
   static void encode(const Src* src, Index kv_lora_rank, Index rope_dim, Unit* dst) {
@@ -144,10 +150,13 @@ struct LatentRowsView {
                   ") is below the row size (", units, ")");
     if (!paged()) return;
     MLA_CHECK_ARG(block_size >= 1, what, tag, ": block_size (", block_size, ") must be >= 1");
+    MLA_CHECK_ARG(row_stride <= std::numeric_limits<Index>::max() / block_size, what, tag,
+                  ": block_size (", block_size, ") * row_stride (", row_stride,
+                  ") overflows int64");
     MLA_CHECK_ARG(block_stride >= block_size * row_stride, what, tag, ": block stride (",
                   block_stride, ") is below block_size * row_stride (", block_size * row_stride,
                   ")");
-    const Index blocks = (len + block_size - 1) / block_size;
+    const Index blocks = len / block_size + (len % block_size != 0);
     for (Index b = 0; b < blocks; ++b)
       MLA_CHECK_ARG(block_table[b] >= 0 && block_table[b] < num_blocks, what, tag,
                     ": block_table[", b, "] = ", block_table[b], " is not a block of the pool (",
@@ -202,6 +211,8 @@ class LatentBlockPool {
                   ") non-negative");
     MLA_CHECK_ARG(block_size >= 1, "LatentBlockPool: block_size (", block_size, ") must be >= 1");
     row_units_ = Codec::row_units(kv_lora_rank, qk_rope_head_dim);
+    internal::checked_mul("LatentBlockPool: block units block_size * row units",
+                          {block_size, row_units_});
     grow(num_blocks);
   }
   LatentBlockPool(const LatentBlockPool&) = delete;
@@ -227,7 +238,9 @@ class LatentBlockPool {
                   "LatentBlockPool::grow: num_blocks (", new_num_blocks,
                   ") must be in [0, 2^31)");
     if (new_num_blocks <= num_blocks_) return;
-    data_.resize(static_cast<std::size_t>(new_num_blocks * block_units()));
+    data_.resize(static_cast<std::size_t>(internal::checked_elements<Unit>(
+        "LatentBlockPool::grow: num_blocks * block_size * row units",
+        {new_num_blocks, block_size_, row_units_})));
     in_use_.resize(static_cast<std::size_t>(new_num_blocks), 0);
     free_.reserve(static_cast<std::size_t>(new_num_blocks));
     // The free list is a stack; pushing the new ids in descending order hands them out in
@@ -352,13 +365,16 @@ class PagedLatentCache {
     MLA_CHECK_ARG(pool_ != nullptr || tokens == 0,
                   "PagedLatentCache::reserve: the cache has no pool (default-constructed)");
     if (tokens <= capacity()) return;
-    const Index need = (tokens + block_size() - 1) / block_size() - num_blocks();
+    const Index bs = block_size();
+    const Index need = tokens / bs + (tokens % bs != 0) - num_blocks();
     pool_->allocate(need, table_);
   }
-  /// reserve(size() + n): room for `n` more tokens.
-  void ensure_room(Index n) { reserve(size_ + n); }
+  /// reserve(size() + n): room for `n` more tokens (`n` >= 0).
+  void ensure_room(Index n) {
+    reserve(internal::checked_add("PagedLatentCache::ensure_room: size + n", {size_, n}));
+  }
   void check_room(Index n) const {
-    MLA_CHECK_ARG(n >= 0 && size_ + n <= capacity(), "PagedLatentCache overflow: appending ", n,
+    MLA_CHECK_ARG(n >= 0 && n <= capacity() - size_, "PagedLatentCache overflow: appending ", n,
                   " tokens to ", size_, " stored with capacity ", capacity(), " (", num_blocks(),
                   " blocks of ", block_size(),
                   "); call reserve() or ensure_room() to take more blocks");

@@ -46,7 +46,7 @@ struct Fp8LatentLayout {
   static constexpr Index kTile = 128;  ///< c_kv values per float32 scale (FlashMLA: 128)
 
   /// S = ceil(R / 128) scales.
-  Index num_scales() const { return (kv_lora_rank + kTile - 1) / kTile; }
+  Index num_scales() const { return kv_lora_rank / kTile + (kv_lora_rank % kTile != 0); }
   /// Byte offset of the scales (right after the codes).
   Index scales_offset() const { return kv_lora_rank; }
   /// Byte offset of the bf16 k_pe.
@@ -54,9 +54,15 @@ struct Fp8LatentLayout {
   /// Bytes per token: R + 4 S + 2 P (656 for R = 512, P = 64).
   Index bytes_per_token() const { return rope_offset() + 2 * rope_dim; }
 
+  /// Throws std::invalid_argument unless R > 0, P >= 0 and the row's byte count
+  /// R + 4 ceil(R / 128) + 2 P fits in int64 (so bytes_per_token() is then safe to call).
   void validate() const {
     MLA_CHECK_ARG(kv_lora_rank > 0 && rope_dim >= 0, "Fp8LatentLayout: kv_lora_rank (",
                   kv_lora_rank, ") must be positive and rope_dim (", rope_dim, ") non-negative");
+    // 4 * num_scales() <= kv_lora_rank / 32 + 4 cannot overflow; 2 * rope_dim can.
+    internal::checked_add("Fp8LatentLayout: row bytes kv_lora_rank + 4 * scales + 2 * rope_dim",
+                          {kv_lora_rank, 4 * num_scales(),
+                           internal::checked_mul("Fp8LatentLayout: 2 * rope_dim", {2, rope_dim})});
   }
 };
 
@@ -229,7 +235,9 @@ class Fp8LatentCache {
     MLA_CHECK_ARG(new_capacity >= 0, "Fp8LatentCache::reserve: capacity (", new_capacity,
                   ") must be non-negative");
     if (new_capacity <= capacity_) return;
-    data_.resize(static_cast<std::size_t>(new_capacity * layout_.bytes_per_token()));
+    data_.resize(static_cast<std::size_t>(internal::checked_elements<std::uint8_t>(
+        "Fp8LatentCache::reserve: capacity * row bytes",
+        {new_capacity, layout_.bytes_per_token()})));
     data_.shrink_to_fit();
     capacity_ = new_capacity;
   }
@@ -240,7 +248,7 @@ class Fp8LatentCache {
     size_ = new_size;
   }
   void check_room(Index n) const {
-    MLA_CHECK_ARG(n >= 0 && size_ + n <= capacity_, "Fp8LatentCache overflow: appending ", n,
+    MLA_CHECK_ARG(n >= 0 && n <= capacity_ - size_, "Fp8LatentCache overflow: appending ", n,
                   " tokens to ", size_, " stored with capacity ", capacity_,
                   "; call reserve() to grow the cache");
   }
@@ -263,8 +271,9 @@ class Fp8LatentCache {
 
   /// Rows [first, first + n) dequantised into dst [n, row_dim()] (row stride `dst_stride`).
   void dequantize(Index first, Index n, float* dst, Index dst_stride) const {
-    MLA_CHECK_ARG(first >= 0 && n >= 0 && first + n <= size_, "Fp8LatentCache::dequantize: rows [",
-                  first, ", ", first + n, ") outside the ", size_, " stored");
+    MLA_CHECK_ARG(first >= 0 && n >= 0 && first <= size_ && n <= size_ - first,
+                  "Fp8LatentCache::dequantize: ", n, " rows from row ", first,
+                  " are not inside the ", size_, " stored");
     fp8_latent_dequantize_rows(row(first), row_stride(), n, layout_, dst, dst_stride);
   }
 

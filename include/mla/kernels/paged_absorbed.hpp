@@ -292,6 +292,7 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
   if (batch == 0) return;
   const Index R = seqs[0].cache.kv_lora_rank, P = seqs[0].cache.rope_dim, K = R + P;
   const char* what = "batched absorbed attention";
+  Index total_work = 0;  // sum over sequences of row passes * cache rows: the plan's `work`
   for (Index b = 0; b < batch; ++b) {
     const DecodeSequence<T>& s = seqs[b];
     s.cache.validate(what, b);
@@ -303,6 +304,14 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
                   ") must be >= q_len (", s.q_len, "): the new tokens are the last cache rows");
     MLA_CHECK_ARG(s.q_lat != nullptr && s.o_lat != nullptr && (s.q_pe != nullptr || P == 0), what,
                   ", sequence ", b, ": q_lat, q_pe and o_lat must not be null");
+    const Index m_rows = internal::checked_mul(
+        "batched absorbed attention: query rows q_len * num_heads", {s.q_len, num_heads});
+    const Index pass = internal::kMlaRowsPerPass, passes = m_rows / pass + (m_rows % pass != 0);
+    total_work = internal::checked_add(
+        "batched absorbed attention: work of the sequences so far + this one's",
+        {total_work, internal::checked_mul(
+                         "batched absorbed attention: row passes * cache rows",
+                         {passes, s.cache.len})});
   }
 
   // ---- plan: units, parts, pieces -------------------------------------------------------
@@ -327,6 +336,7 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
   }
   const Index want = threads == 1 ? 1 : Index(threads) * options.parts_per_thread;
   const Index parts = std::max<Index>(1, std::min<Index>(want, work / options.min_rows_per_part));
+  internal::checked_mul("batched absorbed attention: part boundaries work * parts", {work, parts});
   // Cut [0, work) at the part boundaries work * p / parts and at the unit boundaries.
   {
     Index u = 0, unit_start = 0, pos = 0;

@@ -76,7 +76,8 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
   for (Index b = 0; b < batch; ++b) {
     MLA_CHECK_ARG(q_lens[std::size_t(b)] >= 1, "mla_decode_batch: q_lens[", b,
                   "] must be >= 1, got ", q_lens[std::size_t(b)]);
-    n += q_lens[std::size_t(b)];
+    n = internal::checked_add("mla_decode_batch: sum of q_lens (so far + q_lens[b])",
+                              {n, q_lens[std::size_t(b)]});
   }
   MLA_CHECK_ARG(x.cols() == cfg.hidden_size && x.rows() == n, "mla_decode_batch: x must be [",
                 n, " (sum of q_lens), ", cfg.hidden_size, "], got [", x.rows(), ", ", x.cols(),
@@ -109,9 +110,9 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
   // Query rows in token-major, head-minor order: row t * H + h.
   using Strided = internal::StridedMap<float>;
   using StridedConst = internal::StridedConstMap<float>;
-  float* q_lat = ws.take<float>(static_cast<std::size_t>(n * H * R));
-  float* q_pe = ws.take<float>(static_cast<std::size_t>(n * H * P));
-  float* o_lat = ws.take<float>(static_cast<std::size_t>(n * H * R));
+  float* q_lat = ws.take<float>({n, H, R});
+  float* q_pe = ws.take<float>({n, H, P});
+  float* o_lat = ws.take<float>({n, H, R});
   for (Index h = 0; h < H; ++h) {
     Strided(q_lat + h * R, n, R, Eigen::OuterStride<>(H * R)).noalias() =
         StridedConst(q.data() + h * qk, n, N, Eigen::OuterStride<>(H * qk)) *

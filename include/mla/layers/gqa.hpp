@@ -37,7 +37,8 @@ class GroupedQueryAttention {
     Linear<Scalar> o_proj;  ///< [hidden, H*D]
   };
   struct Options {
-    /// RoPE table length; 0 means config.max_position_embeddings.
+    /// Positions accepted, [0, max_positions); 0 means config.max_position_embeddings. At most
+    /// kMaxPositions; the cos/sin table is bounded whatever this is (kRopeTableMaxPairs).
     std::int64_t max_positions = 0;
     /// kBf16 (float layers only): keep q/k/v/o_proj as bfloat16 (half the bytes per decode step).
     WeightFormat projection_weights = WeightFormat::kAsLoaded;

@@ -97,8 +97,9 @@ class MultiHeadLatentAttention {
     Linear<Scalar> o_proj;              ///< [hidden, H*V]
   };
   struct Options {
-    /// RoPE table length; 0 means config.max_position_embeddings. DeepSeek-V3's 163840
-    /// positions cost 42 MB of float cos/sin; engines serving shorter contexts may lower it.
+    /// Positions accepted, [0, max_positions); 0 means config.max_position_embeddings. At most
+    /// kMaxPositions. The cos/sin table is bounded whatever this is (kRopeTableMaxPairs,
+    /// ops/rope.hpp); engines serving shorter contexts may lower it to refuse later positions.
     std::int64_t max_positions = 0;
     /// kBf16 (float layers only): keep q_a_proj, q_b_proj / q_proj, kv_a_proj_with_mqa and
     /// o_proj as bfloat16, halving the bytes a batch-1 decode step streams (~170 M of the

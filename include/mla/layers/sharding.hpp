@@ -31,9 +31,11 @@ Linear<Scalar> rows_of(const Linear<Scalar>& l, Index first, Index count) {
   if (l.has_bias()) out.bias = l.bias.segment(first, count);
   return out;
 }
+/// Written as num_heads <= heads - first_head so that no sum can overflow.
 inline void check_shard(const HeadShard& s, Index heads) {
-  MLA_CHECK_ARG(s.num_heads > 0 && s.first_head >= 0 && s.first_head + s.num_heads <= heads,
-                "head shard [", s.first_head, ", ", s.first_head + s.num_heads,
+  MLA_CHECK_ARG(s.num_heads > 0 && s.first_head >= 0 && s.first_head < heads &&
+                    s.num_heads <= heads - s.first_head,
+                "head shard (first_head ", s.first_head, ", num_heads ", s.num_heads,
                 ") is not a non-empty range inside the layer's ", heads, " heads");
 }
 }  // namespace internal
@@ -43,9 +45,18 @@ template <class Scalar>
 std::pair<MlaConfig, typename MultiHeadLatentAttention<Scalar>::Weights> shard_mla_weights(
     const MlaConfig& cfg, const typename MultiHeadLatentAttention<Scalar>::Weights& w,
     HeadShard shard) {
+  cfg.validate();  // bounds every dim, so the row offsets below cannot overflow
   internal::check_shard(shard, cfg.num_attention_heads);
   const Index h0 = shard.first_head, n = shard.num_heads, qk = cfg.qk_head_dim(),
-              kvh = cfg.qk_nope_head_dim + cfg.v_head_dim, V = cfg.v_head_dim;
+              kvh = cfg.qk_nope_head_dim + cfg.v_head_dim, V = cfg.v_head_dim,
+              H = cfg.num_attention_heads;
+  // The weights being sliced must be the full layer's (slicing past them would read out of bounds).
+  if (cfg.has_q_lora())
+    w.q_b_proj.check_shape("q_b_proj", H * qk, cfg.q_lora_rank);
+  else
+    w.q_proj.check_shape("q_proj", H * qk, cfg.hidden_size);
+  w.kv_b_proj.check_shape("kv_b_proj", H * kvh, cfg.kv_lora_rank);
+  w.o_proj.check_shape("o_proj", cfg.hidden_size, H * V);
   MlaConfig c = cfg;
   c.num_attention_heads = n;
   typename MultiHeadLatentAttention<Scalar>::Weights s;
@@ -71,8 +82,14 @@ template <class Scalar>
 std::pair<AttentionConfig, typename GroupedQueryAttention<Scalar>::Weights> shard_gqa_weights(
     const AttentionConfig& cfg, const typename GroupedQueryAttention<Scalar>::Weights& w,
     HeadShard shard) {
+  cfg.validate();  // bounds every dim, so the row offsets below cannot overflow
   internal::check_shard(shard, cfg.num_attention_heads);
   const Index g = cfg.group_size(), D = cfg.head_dim;
+  // The weights being sliced must be the full layer's (slicing past them would read out of bounds).
+  w.q_proj.check_shape("q_proj", cfg.num_attention_heads * D, cfg.hidden_size);
+  w.k_proj.check_shape("k_proj", cfg.num_key_value_heads * D, cfg.hidden_size);
+  w.v_proj.check_shape("v_proj", cfg.num_key_value_heads * D, cfg.hidden_size);
+  w.o_proj.check_shape("o_proj", cfg.hidden_size, cfg.num_attention_heads * D);
   MLA_CHECK_ARG(shard.first_head % g == 0 && shard.num_heads % g == 0, "head shard [",
                 shard.first_head, ", ", shard.first_head + shard.num_heads,
                 ") splits a KV group: query heads come in groups of ", g);

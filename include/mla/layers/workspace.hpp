@@ -13,10 +13,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 #include <memory>
 #include <new>
 #include <vector>
 
+#include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
 #include "mla/kernels/absorbed_attention.hpp"
@@ -57,8 +60,12 @@ class Workspace {
   }
 
   /// `n` uninitialised elements of T, 64-byte aligned, valid until the next reset().
+  /// Throws std::invalid_argument when n * sizeof(T) does not fit in the address space.
   template <class T>
   T* take(std::size_t n) {
+    MLA_CHECK_ARG(n <= (std::numeric_limits<std::size_t>::max() - kAlign) / sizeof(T),
+                  "Workspace::take: ", n, " elements of ", sizeof(T),
+                  " bytes overflow the address space");
     const std::size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
     if (chunks_.empty() || offset_ + bytes > chunks_[current_].size) {
       // Move on to a later chunk with room, else add one.
@@ -76,10 +83,18 @@ class Workspace {
     return static_cast<T*>(p);
   }
 
+  /// The product of `dims` elements of T (e.g. {tokens, heads, width}), the product checked
+  /// for overflow (std::invalid_argument naming the dims).
+  template <class T>
+  T* take(std::initializer_list<std::int64_t> dims) {
+    return take<T>(static_cast<std::size_t>(
+        internal::checked_elements<T>("Workspace::take: buffer of dims", dims)));
+  }
+
   /// A [rows, cols] row-major matrix view on workspace memory.
   template <class Scalar>
   MatrixMap<Scalar> matrix(Index rows, Index cols) {
-    return MatrixMap<Scalar>(take<Scalar>(static_cast<std::size_t>(rows * cols)), rows, cols);
+    return MatrixMap<Scalar>(take<Scalar>({rows, cols}), rows, cols);
   }
 
   /// Bytes held by the arena and the kernel scratch.

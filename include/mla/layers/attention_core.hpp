@@ -149,9 +149,8 @@ inline constexpr bool kHasFastKernel =
 
 /// New tokens per GQA fast-kernel call: K/V are streamed once per call for all its tokens
 /// (speculative decoding), and the kernel's split buffers, which scale with q_len x heads, stay
-/// bounded when a long prefill goes through it. Within one call, a NaN/Inf in one new token's
-/// K/V reaches the outputs of the earlier new tokens of that call (masked probabilities are
-/// zeros that still multiply it); earlier calls and cached tokens are unaffected.
+/// bounded when a long prefill goes through it. The kernel leaves the rows a token does not see
+/// out of its arithmetic, so a NaN/Inf in one new token's K/V never reaches an earlier token.
 inline constexpr Index kKernelTokensPerCall = 8;
 
 /// Absorbed attention, fast kernel when available (see absorbed_attention_generic for shapes).

@@ -57,7 +57,8 @@ struct CacheElement {
 ///   out [sum_b q_lens[b], hidden]
 /// Appends every sequence's latent rows to its cache, then attends causally over all of them:
 /// sequence b's rows of `out` equal layer.forward(x_b, positions_b, *caches[b], out_b, ws,
-/// MlaPath::kAbsorbed) up to float rounding. Every argument is checked before any cache changes;
+/// MlaPath::kAbsorbed) up to float rounding; a NaN/Inf in a token reaches that token's outputs
+/// and later ones, never earlier ones. Every argument is checked before any cache changes;
 /// a failed call leaves the caches as they were. Cache types: LatentCache<float | bfloat16>,
 /// Fp8LatentCache, PagedLatentCache<float | bfloat16 | Fp8Latent>.
 template <class Cache>
@@ -120,23 +121,30 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
         StridedConst(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
   }
 
-  auto* seqs = ws.take<kernels::DecodeSequence<T>>(static_cast<std::size_t>(batch));
+  // One kernel sequence per new token, over exactly the cache rows it sees (as the layer's
+  // absorbed path calls the kernel per token): a NaN in a later token's row never meets an
+  // earlier token's zero weight. A token is a whole pass of H query rows either way.
+  auto* seqs = ws.take<kernels::DecodeSequence<T>>(static_cast<std::size_t>(n));
   Index offset = 0;
   for (Index b = 0; b < batch; ++b) {
     const Index t = q_lens[std::size_t(b)];
     Cache& cache = *caches[std::size_t(b)];
     cache.append(c.data() + offset * (R + P), R + P, t);
-    kernels::DecodeSequence<T>* s = new (seqs + b) kernels::DecodeSequence<T>();
-    s->q_len = t;
-    s->q_lat = q_lat + offset * H * R;
-    s->q_pe = q_pe + offset * H * P;
-    s->cache = latent_rows(cache);
-    s->o_lat = o_lat + offset * H * R;
+    for (Index i = 0; i < t; ++i) {
+      const Index row = offset + i;
+      kernels::DecodeSequence<T>* s = new (seqs + row) kernels::DecodeSequence<T>();
+      s->q_len = 1;
+      s->q_lat = q_lat + row * H * R;
+      s->q_pe = q_pe + row * H * P;
+      s->cache = latent_rows(cache);
+      s->cache.len -= t - 1 - i;  // token i sees the rows before the call's and tokens 0..i
+      s->o_lat = o_lat + row * H * R;
+    }
     offset += t;
   }
   static_assert(std::is_trivially_destructible_v<kernels::DecodeSequence<T>>,
                 "DecodeSequence lives in workspace memory and is never destroyed");
-  kernels::batched_absorbed_attention(H, seqs, batch, static_cast<float>(cfg.softmax_scale()),
+  kernels::batched_absorbed_attention(H, seqs, n, static_cast<float>(cfg.softmax_scale()),
                                       ctx.attention_ws, ctx.pool, ctx.options);
 
   MatrixMap<float> heads = ws.matrix<float>(n, H * V);

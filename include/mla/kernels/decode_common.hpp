@@ -96,8 +96,11 @@ inline float combine_splits(const float* o, Index split_stride, const float* mx,
   const float inv = 1.0f / den;
   for (Index d = 0; d < dim; ++d) out[d] = 0.0f;
   for (Index s = 0; s < splits; ++s) {
+    // A split in which this query row saw no cache row (sum of weights 0) adds nothing; any
+    // other split is added even at weight 0, so that a NaN in its scores or values still
+    // reaches the output.
+    if (l[s * mstride] == 0.0f) continue;
     const float w = std::exp2(mx[s * mstride] - gmax) * inv;
-    if (w == 0.0f) continue;
     const float* os = o + s * split_stride;
     for (Index d = 0; d < dim; ++d) out[d] += w * os[d];
   }

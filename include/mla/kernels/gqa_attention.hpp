@@ -11,6 +11,10 @@
 // bf16 rows are widened in registers as they are loaded (no bf16 instructions on AVX2).
 // Threads take whole kv heads when they divide evenly, otherwise each head's rows are also split
 // (split-KV) and the partial results are merged by a log-sum-exp combine.
+// Causality: of q_len new tokens, token t sees the cache rows up to cache_len - q_len + t. The
+// last q_len - 1 rows (the causal triangle) are not masked with zero weights but left out of the
+// arithmetic of the query rows that cannot see them (gqa_rows_task), so a NaN or Inf in a new
+// token's K or V row reaches the outputs of that token and the later ones, never earlier ones.
 //
 // Two forms, chosen by the number of query rows per kv head (g_rows = group * q_len):
 // - Row-streaming form (g_rows < kGqaPackedMinRows: MHA, small groups). Memory order matters more
@@ -103,9 +107,9 @@ struct GqaLayout {
   Index q_stride = 0;  // head_dim rounded up to 8 (zero padded)
   Index o_stride = 0;  // v_dim rounded up to 8
   Index wide_stride = 0;  // max(head_dim, v_dim) rounded up to 8: a widened bf16 tile row
-  float* part_o = nullptr;    // [kv_heads * threads][g_rows][o_stride]
-  float* part_max = nullptr;  // [kv_heads * threads][g_rows]
-  float* part_sum = nullptr;  // [kv_heads * threads][g_rows]
+  float* part_o = nullptr;    // [slots][g_rows][o_stride], slots = kv_heads * (splits + triangle)
+  float* part_max = nullptr;  // [slots][g_rows]
+  float* part_sum = nullptr;  // [slots][g_rows]
   float* scratch = nullptr;   // [threads][scratch_stride]
   Index scratch_stride = 0;
   Index total = 0;
@@ -131,7 +135,8 @@ struct GqaLayout {
       amx_form.take(amx_scratch_floats(round_up(g_rows, 16), head_dim, v_dim));
       scratch_stride = std::max(scratch_stride, amx_form.used());
     }
-    const Index slots = num_kv_heads * threads;
+    // Up to `threads` splits of each kv head, plus its causal-triangle task when q_len > 1.
+    const Index slots = num_kv_heads * (threads + (q_len > 1 ? 1 : 0));
     FloatArena arena(base);
     part_o = arena.take(slots * g_rows * o_stride);
     part_max = arena.take(slots * g_rows);
@@ -544,9 +549,10 @@ struct GqaPackedAvx2Ops {
   }
 };
 
-/// Cache rows [split range) of one kv head in the packed form with the tile operations `Packed`
-/// (GqaPackedAvx2Ops or a variant); writes the split's partial (O, max, sum) for the head's
-/// g_rows query rows. See kGqaPackedMinRows.
+/// Cache rows [j_begin, j_end) of one kv head in the packed form with the tile operations
+/// `Packed` (GqaPackedAvx2Ops or a variant); writes the split's partial (O, max, sum) for the
+/// head's g_rows query rows. Every query row sees every row of the range (the driver passes rows
+/// of the causal triangle to gqa_rows_task instead), so nothing is masked. See kGqaPackedMinRows.
 template <class Packed, class CacheScalar>
 void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay, const float* q,
                      const CacheScalar* kh, const CacheScalar* vh, float qscale, Index head,
@@ -580,7 +586,6 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
   std::fill(ot, ot + g8 * v_dim, 0.0f);
   std::fill(run_max, run_max + g8, -std::numeric_limits<float>::infinity());
   std::fill(run_sum, run_sum + g8, 0.0f);
-  const Index first_masked = shape.cache_len - shape.q_len + 1;
 
   for (Index t0 = j_begin; t0 < j_end; t0 += kGqaPackedTile) {
     const Index tn = std::min(kGqaPackedTile, j_end - t0);
@@ -597,7 +602,6 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
     for (Index p = 0; p < g8; p += 8)
       Packed::scores(qp + p * head_dim, krows, kstride, head_dim, tn, st + p, g8, v_next,
                                p == 0 ? v_bytes : 0);
-    mask_hidden_rows(st, g8, t0, tn, g_rows, 0, group, first_masked);
     online_softmax_columns_avx2(st, g8, tn, g8, run_max, run_sum, alpha);
     Index vstride;
     const float* vrows = rows_as_float<Packed>(vh + t0 * v_dim, v_dim, tn, v_dim, wide,
@@ -663,7 +667,61 @@ inline void gqa_amx_task(const kernels::GqaAttentionShape& shape, const GqaLayou
 MLA_TARGET_END
 #endif  // MLA_X86_SIMD
 
+/// Cache rows [j_begin, j_end) of one kv head in the row-streaming form; writes the split's
+/// partial (O, max, sum) for the head's g_rows query rows. Rows before the causal triangle
+/// (j < bulk = cache_len - q_len + 1) are seen by every query row and go in whole tiles. Triangle
+/// row bulk + i is seen only by the query rows of tokens > i, rows [(i + 1) group, g_rows), and
+/// goes alone through exactly those rows: a hidden row's K and V never enter an earlier token's
+/// arithmetic (a masked weight of 0 times a NaN value would still be NaN).
+template <class Ops, class CacheScalar>
+void gqa_rows_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay, const float* q,
+                   const CacheScalar* kh, const CacheScalar* vh, float qscale, Index head,
+                   Index j_begin, Index j_end, float* scratch_base, float* o, float* run_max,
+                   float* run_sum) {
+  const Index group = shape.group_size();
+  const Index g_rows = lay.g_rows;
+  const Index bulk = shape.cache_len - shape.q_len + 1;
+  FloatArena scratch(scratch_base);
+  float* qw = scratch.take(g_rows * lay.q_stride);
+  constexpr Index tile_rows = kGqaTileRows<CacheScalar>;
+  float* p = scratch.take(g_rows * tile_rows);
+  float* alpha = scratch.take(g_rows);
+  // Row r of the head's block is token r / group, query head head * group + r % group.
+  for (Index r = 0; r < g_rows; ++r) {
+    const float* src = q + ((r / group) * shape.num_heads + head * group + r % group) * shape.head_dim;
+    float* dst = qw + r * lay.q_stride;
+    for (Index d = 0; d < shape.head_dim; ++d) dst[d] = src[d] * qscale;
+    for (Index d = shape.head_dim; d < lay.q_stride; ++d) dst[d] = 0.0f;
+  }
+  std::fill(o, o + g_rows * lay.o_stride, 0.0f);
+  std::fill(run_max, run_max + g_rows, -std::numeric_limits<float>::infinity());
+  std::fill(run_sum, run_sum + g_rows, 0.0f);
+
+  const Index tiled_end = std::min(j_end, bulk);
+  for (Index t0 = j_begin; t0 < tiled_end; t0 += tile_rows) {
+    const Index tn = std::min(tile_rows, tiled_end - t0);
+    Ops::scores(qw, lay.q_stride, g_rows, shape.head_dim, kh + t0 * shape.head_dim, tn, p,
+                tile_rows);
+    Ops::softmax(p, tile_rows, g_rows, tn, run_max, run_sum, alpha);
+    Ops::accumulate(p, tile_rows, g_rows, tn, vh + t0 * shape.v_dim, shape.v_dim, o,
+                    lay.o_stride, alpha);
+  }
+  for (Index j = std::max(j_begin, bulk); j < j_end; ++j) {
+    const Index r0 = (j - bulk + 1) * group;  // the first query row that sees cache row j
+    const Index rows = g_rows - r0;
+    Ops::scores(qw + r0 * lay.q_stride, lay.q_stride, rows, shape.head_dim,
+                kh + j * shape.head_dim, 1, p + r0 * tile_rows, tile_rows);
+    Ops::softmax(p + r0 * tile_rows, tile_rows, rows, 1, run_max + r0, run_sum + r0, alpha + r0);
+    Ops::accumulate(p + r0 * tile_rows, tile_rows, rows, 1, vh + j * shape.v_dim, shape.v_dim,
+                    o + r0 * lay.o_stride, lay.o_stride, alpha + r0);
+  }
+}
+
 /// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
+/// Causality: the cache rows [0, bulk) that every query row sees are split across threads and
+/// run by the head's form (row-streaming, packed or AMX) without any mask; the q_len - 1 rows of
+/// the causal triangle after them are one more task per kv head (gqa_rows_task), merged with the
+/// splits by the same log-sum-exp combine. A single new token has no triangle.
 template <class Ops, class CacheScalar>
 void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
                        const CacheScalar* k, const CacheScalar* v, float softmax_scale, float* out,
@@ -674,81 +732,56 @@ void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
   const Index group = shape.group_size();
   const Index g_rows = lay.g_rows;
   const Index cache_len = shape.cache_len;
+  const Index bulk = cache_len - shape.q_len + 1;
   // Whole heads per thread when they share out evenly; otherwise split every head's rows too.
-  const Index max_splits = std::max<Index>(1, std::min<Index>(threads, cache_len / kGqaMinRowsPerSplit));
+  const Index max_splits = std::max<Index>(1, std::min<Index>(threads, bulk / kGqaMinRowsPerSplit));
   const Index splits = shape.num_kv_heads % threads == 0 ? 1 : max_splits;
-  const Index first_masked = cache_len - shape.q_len + 1;
+  const Index per_head = splits + (bulk < cache_len ? 1 : 0);  // + the triangle task
   const float qscale = softmax_scale * kLog2e;
 
-  parallel_for(pool, shape.num_kv_heads * splits, [&](Index task, int thread) {
-    const Index head = task / splits;
-    const Index split = task % splits;
-    const Index j_begin = cache_len * split / splits;
-    const Index j_end = cache_len * (split + 1) / splits;
-
+  parallel_for(pool, shape.num_kv_heads * per_head, [&](Index task, int thread) {
+    const Index head = task / per_head;
+    const Index split = task % per_head;
     float* o = lay.part_o + task * g_rows * lay.o_stride;
     float* run_max = lay.part_max + task * g_rows;
     float* run_sum = lay.part_sum + task * g_rows;
+    float* scratch = lay.scratch + thread * lay.scratch_stride;
     const CacheScalar* kh = k + head * shape.k_head_stride;
     const CacheScalar* vh = v + head * shape.v_head_stride;
+    if (split == splits) {  // the causal triangle
+      gqa_rows_task<Ops>(shape, lay, q, kh, vh, qscale, head, bulk, cache_len, scratch, o,
+                         run_max, run_sum);
+      return;
+    }
+    const Index j_begin = bulk * split / splits;
+    const Index j_end = bulk * (split + 1) / splits;
 #if MLA_X86_SIMD
     if constexpr (std::is_same_v<Ops, GqaAmxOps> && std::is_same_v<CacheScalar, bfloat16>) {
-      gqa_amx_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end,
-                   lay.scratch + thread * lay.scratch_stride, o, run_max, run_sum);
+      gqa_amx_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end, scratch, o, run_max,
+                   run_sum);
       return;
     }
     if constexpr (std::is_base_of_v<GqaAvx2Ops, Ops>) {
       if (g_rows >= kGqaPackedMinRows) {
         gqa_packed_task<typename Ops::Packed>(shape, lay, q, kh, vh, qscale, head, j_begin,
-                                              j_end, lay.scratch + thread * lay.scratch_stride, o,
-                                              run_max, run_sum);
+                                              j_end, scratch, o, run_max, run_sum);
         return;
       }
     }
 #endif
-
-    FloatArena scratch(lay.scratch + thread * lay.scratch_stride);
-    float* qw = scratch.take(g_rows * lay.q_stride);
-    constexpr Index tile_rows = kGqaTileRows<CacheScalar>;
-    float* p = scratch.take(g_rows * tile_rows);
-    float* alpha = scratch.take(g_rows);
-    // Row r of the head's block is token r / group, query head head * group + r % group.
-    for (Index r = 0; r < g_rows; ++r) {
-      const float* src = q + ((r / group) * shape.num_heads + head * group + r % group) * shape.head_dim;
-      float* dst = qw + r * lay.q_stride;
-      for (Index d = 0; d < shape.head_dim; ++d) dst[d] = src[d] * qscale;
-      for (Index d = shape.head_dim; d < lay.q_stride; ++d) dst[d] = 0.0f;
-    }
-    std::fill(o, o + g_rows * lay.o_stride, 0.0f);
-    std::fill(run_max, run_max + g_rows, -std::numeric_limits<float>::infinity());
-    std::fill(run_sum, run_sum + g_rows, 0.0f);
-
-    for (Index t0 = j_begin; t0 < j_end; t0 += tile_rows) {
-      const Index tn = std::min(tile_rows, j_end - t0);
-      Ops::scores(qw, lay.q_stride, g_rows, shape.head_dim, kh + t0 * shape.head_dim, tn, p,
-                  tile_rows);
-      if (t0 + tn > first_masked) {
-        for (Index r = 0; r < g_rows; ++r) {
-          const Index visible_end = first_masked + r / group;  // rows >= this are hidden from r
-          for (Index t = std::max<Index>(0, visible_end - t0); t < tn; ++t)
-            p[r * tile_rows + t] = -std::numeric_limits<float>::infinity();
-        }
-      }
-      Ops::softmax(p, tile_rows, g_rows, tn, run_max, run_sum, alpha);
-      Ops::accumulate(p, tile_rows, g_rows, tn, vh + t0 * shape.v_dim, shape.v_dim, o,
-                      lay.o_stride, alpha);
-    }
+    gqa_rows_task<Ops>(shape, lay, q, kh, vh, qscale, head, j_begin, j_end, scratch, o, run_max,
+                       run_sum);
   });
 
   const Index split_stride = g_rows * lay.o_stride;
   for (Index head = 0; head < shape.num_kv_heads; ++head)
     for (Index r = 0; r < g_rows; ++r) {
       const Index row = (r / group) * shape.num_heads + head * group + r % group;
-      const Index slot = head * splits;
+      const Index slot = head * per_head;
       const float l = combine_splits(lay.part_o + slot * split_stride + r * lay.o_stride,
                                      split_stride, lay.part_max + slot * g_rows + r,
-                                     lay.part_sum + slot * g_rows + r, g_rows, splits, shape.v_dim,
-                                     out + row * shape.v_dim);
+                                     lay.part_sum + slot * g_rows + r, g_rows, per_head,
+                                     shape.v_dim, out + row * shape.v_dim);
       if (lse != nullptr) lse[row] = l;
     }
 }
@@ -799,6 +832,8 @@ class GqaAttentionWorkspace {
 /// Shapes: q [q_len, num_heads, head_dim], k [num_kv_heads, capacity, head_dim] (head stride
 /// k_head_stride), v [num_kv_heads, capacity, v_dim] (head stride v_head_stride), out [q_len,
 /// num_heads, v_dim], lse [q_len, num_heads]; float math, float or bfloat16 cache.
+/// Only the visible rows enter a token's result: a NaN or Inf in K or V row j makes the outputs
+/// of the tokens that see j non-finite and leaves the others exactly as without row j.
 /// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
 /// `path` picks the code path (kernels::KernelPath; kAmx runs a bf16 cache on the AMX tile unit).
 /// Throws std::invalid_argument for inconsistent shapes, null pointers or a path this CPU lacks,

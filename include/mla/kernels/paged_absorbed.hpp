@@ -77,6 +77,13 @@ struct BatchedDecodeOptions {
   /// Parts are not made smaller than this many cache rows (splitting then costs more than it
   /// saves: a partial is 128 x 512 floats to write and merge).
   Index min_rows_per_part = 128;
+
+  /// Throws std::invalid_argument unless both fields are >= 1.
+  void validate() const {
+    MLA_CHECK_ARG(parts_per_thread >= 1 && min_rows_per_part >= 1,
+                  "batched absorbed attention: parts_per_thread (", parts_per_thread,
+                  ") and min_rows_per_part (", min_rows_per_part, ") must be >= 1");
+  }
 };
 
 }  // namespace kernels
@@ -286,9 +293,7 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
                 num_heads);
   MLA_CHECK_ARG(batch >= 0 && (batch == 0 || seqs != nullptr),
                 "batched absorbed attention: no sequences (batch ", batch, ")");
-  MLA_CHECK_ARG(options.parts_per_thread >= 1 && options.min_rows_per_part >= 1,
-                "batched absorbed attention: parts_per_thread (", options.parts_per_thread,
-                ") and min_rows_per_part (", options.min_rows_per_part, ") must be >= 1");
+  options.validate();
   if (batch == 0) return;
   const Index R = seqs[0].cache.kv_lora_rank, P = seqs[0].cache.rope_dim, K = R + P;
   const char* what = "batched absorbed attention";

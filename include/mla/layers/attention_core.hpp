@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 
 #include "mla/cache/kv_cache.hpp"
 #include "mla/cache/latent_cache.hpp"
@@ -149,10 +150,49 @@ inline constexpr bool kHasFastKernel =
 
 /// New tokens per GQA fast-kernel call: K/V are streamed once per call for all its tokens
 /// (speculative decoding), and the kernel's split buffers, which scale with q_len x heads, stay
-/// bounded when a long prefill goes through it. Within one call, a NaN/Inf in one new token's
-/// K/V reaches the outputs of the earlier new tokens of that call (masked probabilities are
-/// zeros that still multiply it); earlier calls and cached tokens are unaffected.
+/// bounded when a long prefill goes through it. The kernel leaves the rows a token does not see
+/// out of its arithmetic, so a NaN/Inf in one new token's K/V never reaches an earlier token.
 inline constexpr Index kKernelTokensPerCall = 8;
+
+/// What the fast kernels would throw for `path`, thrown before a layer changes any state:
+/// std::invalid_argument for a path not compiled in, std::runtime_error when kAmx is asked for
+/// and the OS refuses the AMX tile state. Nothing for types the fast kernels do not serve (their
+/// generic versions ignore the path).
+template <class Scalar, class T>
+void check_attention_path(kernels::KernelPath path) {
+  if constexpr (kHasFastKernel<Scalar, T>) {
+    (void)kernels::resolve_path(path);
+#if defined(MLA_HAVE_AMX)
+    if (path == kernels::KernelPath::kAmx) require_amx_tiles();
+#endif
+  }
+}
+
+/// Runs `undo` when it goes out of scope during stack unwinding, unless dismiss() was called:
+/// a layer call validates every argument before its first write, and this restores the caches
+/// when something that no validation can rule out (std::bad_alloc while scratch grows, a thread
+/// pool failing) throws after the append, so a failed call still leaves them as they were.
+template <class Undo>
+class UndoOnThrow {
+ public:
+  explicit UndoOnThrow(Undo undo) : undo_(std::move(undo)) {}
+  UndoOnThrow(const UndoOnThrow&) = delete;
+  UndoOnThrow& operator=(const UndoOnThrow&) = delete;
+  ~UndoOnThrow() {
+    if (armed_) undo_();
+  }
+  void dismiss() { armed_ = false; }
+
+ private:
+  Undo undo_;
+  bool armed_ = true;
+};
+
+/// An UndoOnThrow that truncates `cache` back to its present size: made just before an append.
+template <class Cache>
+auto truncate_on_throw(Cache& cache) {
+  return UndoOnThrow([&cache, size = cache.size()] { cache.truncate(size); });
+}
 
 /// Absorbed attention, fast kernel when available (see absorbed_attention_generic for shapes).
 template <class Scalar, class T>

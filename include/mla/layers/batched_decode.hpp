@@ -57,8 +57,9 @@ struct CacheElement {
 ///   out [sum_b q_lens[b], hidden]
 /// Appends every sequence's latent rows to its cache, then attends causally over all of them:
 /// sequence b's rows of `out` equal layer.forward(x_b, positions_b, *caches[b], out_b, ws,
-/// MlaPath::kAbsorbed) up to float rounding. Every argument is checked before any cache changes;
-/// a failed call leaves the caches as they were. Cache types: LatentCache<float | bfloat16>,
+/// MlaPath::kAbsorbed) up to float rounding; a NaN/Inf in a token reaches that token's outputs
+/// and later ones, never earlier ones. Every argument is checked before any cache changes, and
+/// a call that fails (also later, e.g. std::bad_alloc) leaves the caches as they were. Cache types: LatentCache<float | bfloat16>,
 /// Fp8LatentCache, PagedLatentCache<float | bfloat16 | Fp8Latent>.
 template <class Cache>
 void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
@@ -94,10 +95,15 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
                   "] [kv_lora_rank ", c->kv_lora_rank(), ", rope ", c->rope_dim(),
                   "] does not match the layer [", R, ", ", P, "]");
     c->check_room(q_lens[std::size_t(b)]);
+    // The kernel's view of the rows after the append (e.g. block ids inside the pool).
+    auto view = latent_rows(*c);
+    view.len += q_lens[std::size_t(b)];
+    view.validate("mla_decode_batch", b);
     for (Index a = 0; a < b; ++a)
       MLA_CHECK_ARG(caches[std::size_t(a)] != c, "mla_decode_batch: caches[", a, "] and caches[",
                     b, "] are the same cache");
   }
+  ctx.options.validate();
   if (batch == 0) return;
 
   Workspace& ws = ctx.ws;
@@ -121,23 +127,36 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
         StridedConst(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
   }
 
-  auto* seqs = ws.take<kernels::DecodeSequence<T>>(static_cast<std::size_t>(batch));
+  // One kernel sequence per new token, over exactly the cache rows it sees (as the layer's
+  // absorbed path calls the kernel per token): a NaN in a later token's row never meets an
+  // earlier token's zero weight. A token is a whole pass of H query rows either way.
+  auto* seqs = ws.take<kernels::DecodeSequence<T>>(static_cast<std::size_t>(n));
+  Index appended = 0;  // caches [0, appended) hold this call's rows
+  internal::UndoOnThrow undo([&] {
+    for (Index b = 0; b < appended; ++b)
+      caches[std::size_t(b)]->truncate(caches[std::size_t(b)]->size() - q_lens[std::size_t(b)]);
+  });
   Index offset = 0;
   for (Index b = 0; b < batch; ++b) {
     const Index t = q_lens[std::size_t(b)];
     Cache& cache = *caches[std::size_t(b)];
     cache.append(c.data() + offset * (R + P), R + P, t);
-    kernels::DecodeSequence<T>* s = new (seqs + b) kernels::DecodeSequence<T>();
-    s->q_len = t;
-    s->q_lat = q_lat + offset * H * R;
-    s->q_pe = q_pe + offset * H * P;
-    s->cache = latent_rows(cache);
-    s->o_lat = o_lat + offset * H * R;
+    ++appended;
+    for (Index i = 0; i < t; ++i) {
+      const Index row = offset + i;
+      kernels::DecodeSequence<T>* s = new (seqs + row) kernels::DecodeSequence<T>();
+      s->q_len = 1;
+      s->q_lat = q_lat + row * H * R;
+      s->q_pe = q_pe + row * H * P;
+      s->cache = latent_rows(cache);
+      s->cache.len -= t - 1 - i;  // token i sees the rows before the call's and tokens 0..i
+      s->o_lat = o_lat + row * H * R;
+    }
     offset += t;
   }
   static_assert(std::is_trivially_destructible_v<kernels::DecodeSequence<T>>,
                 "DecodeSequence lives in workspace memory and is never destroyed");
-  kernels::batched_absorbed_attention(H, seqs, batch, static_cast<float>(cfg.softmax_scale()),
+  kernels::batched_absorbed_attention(H, seqs, n, static_cast<float>(cfg.softmax_scale()),
                                       ctx.attention_ws, ctx.pool, ctx.options);
 
   MatrixMap<float> heads = ws.matrix<float>(n, H * V);
@@ -146,6 +165,7 @@ void mla_decode_batch(const MultiHeadLatentAttention<float>& layer,
         StridedConst(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R)) *
         layer.w_uv().middleRows(h * V, V).transpose();
   layer.weights().o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
+  undo.dismiss();
 }
 
 }  // namespace mla

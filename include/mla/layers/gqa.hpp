@@ -108,18 +108,14 @@ class GroupedQueryAttention {
 
   /// Causal attention of the T tokens `x` [T, hidden] at `positions` [T]: appends their K/V to
   /// `cache`, attends over all cached tokens, writes `out` [T, hidden]. Allocates nothing when
-  /// `ws` has served a call of this size before.
+  /// `ws` has served a call of this size before. Every argument (and Options::attention_path) is
+  /// checked before the cache changes; a call that fails leaves the cache as it was.
   template <class T>
   void forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
                KvCache<T>& cache, Eigen::Ref<Matrix<Scalar>> out, Workspace& ws) const {
     const Index n = x.rows(), H = cfg_.num_attention_heads, KV = cfg_.num_key_value_heads,
                 D = cfg_.head_dim;
-    check_call(x, positions, out);
-    MLA_CHECK_ARG(cache.kv_heads() == KV && cache.head_dim() == D && cache.v_dim() == D,
-                  "KvCache shape [kv_heads ", cache.kv_heads(), ", head_dim ", cache.head_dim(),
-                  ", v_dim ", cache.v_dim(), "] does not match the layer [", KV, ", ", D, ", ",
-                  D, "]");
-    cache.check_room(n);
+    check_call(x, positions, out, cache);
     if (n == 0) return;
     ws.reset();
     MatrixMap<Scalar> q = ws.matrix<Scalar>(n, H * D);
@@ -127,10 +123,12 @@ class GroupedQueryAttention {
     MatrixMap<Scalar> v = ws.matrix<Scalar>(n, KV * D);
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * D);
     project_qkv(x, positions, q, k, v, ws);
+    auto undo = internal::truncate_on_throw(cache);
     cache.append(k.data(), KV * D, v.data(), KV * D, n);
     internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws,
                             attention_path_);
     w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
+    undo.dismiss();
   }
 
   /// Convenience overload that allocates its result and scratch.
@@ -144,8 +142,12 @@ class GroupedQueryAttention {
   }
 
  private:
+  /// Everything forward() needs, checked before it changes anything: shapes, positions, the
+  /// cache's shape and room, and the attention kernel path.
+  template <class T>
   void check_call(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
-                  const Eigen::Ref<Matrix<Scalar>>& out) const {
+                  const Eigen::Ref<Matrix<Scalar>>& out, const KvCache<T>& cache) const {
+    const Index KV = cfg_.num_key_value_heads, D = cfg_.head_dim;
     MLA_CHECK_ARG(x.cols() == cfg_.hidden_size, "input x: expected [T, ", cfg_.hidden_size,
                   "], got [", x.rows(), ", ", x.cols(), "]");
     MLA_CHECK_ARG(positions.size() == x.rows(), "positions: expected ", x.rows(),
@@ -154,6 +156,12 @@ class GroupedQueryAttention {
                   "output: expected [", x.rows(), ", ", cfg_.hidden_size, "], got [", out.rows(),
                   ", ", out.cols(), "]");
     rope_->check_positions(positions);
+    MLA_CHECK_ARG(cache.kv_heads() == KV && cache.head_dim() == D && cache.v_dim() == D,
+                  "KvCache shape [kv_heads ", cache.kv_heads(), ", head_dim ", cache.head_dim(),
+                  ", v_dim ", cache.v_dim(), "] does not match the layer [", KV, ", ", D, ", ",
+                  D, "]");
+    cache.check_room(x.rows());
+    internal::check_attention_path<Scalar, T>(attention_path_);
   }
 
   AttentionConfig cfg_;

@@ -186,39 +186,36 @@ class MultiHeadLatentAttention {
 
   /// Attention of the T tokens `x` [T, hidden] at `positions` [T] over a latent cache: appends
   /// their latent rows, attends causally over everything cached, writes `out` [T, hidden].
-  /// Allocates nothing on the absorbed path once `ws` has served a call of this size.
+  /// Allocates nothing on the absorbed path once `ws` has served a call of this size. Every
+  /// argument (and Options::attention_path) is checked before the cache changes; a call that
+  /// fails leaves the cache as it was.
   template <class T>
   void forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
                LatentCache<T>& cache, Eigen::Ref<Matrix<Scalar>> out, Workspace& ws,
                MlaPath path = MlaPath::kAuto) const {
-    check_input(x, positions);
+    check_call(x, positions, cache);
     check_output(x, out);
-    check_cache(cache);
-    cache.check_room(x.rows());
     if (x.rows() == 0) return;
     ws.reset();
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(x.rows(), cfg_.num_attention_heads *
                                                               cfg_.v_head_dim);
-    attend(x, positions, cache, heads, ws, path);
+    auto undo = internal::truncate_on_throw(cache);
+    attend_checked(x, positions, cache, heads, ws, path);
     w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
+    undo.dismiss();
   }
 
   /// Naive path with a decompressed per-head cache: appends k = [W_UK c_kv | k_pe] and
   /// v = W_UV c_kv of the new tokens to `cache` (make_decompressed_cache) and runs ordinary
-  /// multi-head attention over it.
+  /// multi-head attention over it. Checks and failures as for the latent cache.
   template <class T>
   void forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
                KvCache<T>& cache, Eigen::Ref<Matrix<Scalar>> out, Workspace& ws) const {
-    check_input(x, positions);
-    check_output(x, out);
     const Index H = cfg_.num_attention_heads, N = cfg_.qk_nope_head_dim,
                 P = cfg_.qk_rope_head_dim, V = cfg_.v_head_dim, R = cfg_.kv_lora_rank;
-    MLA_CHECK_ARG(cache.kv_heads() == H && cache.head_dim() == N + P && cache.v_dim() == V,
-                  "decompressed KvCache [kv_heads ", cache.kv_heads(), ", head_dim ",
-                  cache.head_dim(), ", v_dim ", cache.v_dim(), "] does not match the layer [",
-                  H, ", ", N + P, ", ", V, "]");
+    check_call(x, positions, cache);
+    check_output(x, out);
     const Index n = x.rows();
-    cache.check_room(n);
     if (n == 0) return;
     ws.reset();
     MatrixMap<Scalar> q = ws.matrix<Scalar>(n, H * (N + P));
@@ -236,11 +233,13 @@ class MultiHeadLatentAttention {
       k.middleCols(h * (N + P) + N, P) = c.rightCols(P);
       v.middleCols(h * V, V) = kv.middleCols(h * (N + V) + N, V);
     }
-    cache.append(k.data(), H * (N + P), v.data(), H * V, n);
     MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * V);
+    auto undo = internal::truncate_on_throw(cache);
+    cache.append(k.data(), H * (N + P), v.data(), H * V, n);
     internal::gqa_attention(q.data(), n, H, cache, cfg_.softmax_scale(), heads.data(), ws,
                             attention_path_);
     w_.o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
+    undo.dismiss();
   }
 
   /// Convenience overloads that allocate their result and scratch.
@@ -263,19 +262,33 @@ class MultiHeadLatentAttention {
 
   /// Everything before o_proj: appends the latent rows of `x` to `cache` and writes the
   /// per-head attention output `heads` [T, H*V] (transformers' attn_output before o_proj).
-  /// Takes its scratch from `ws` without resetting it.
+  /// Takes its scratch from `ws` without resetting it. Checks and failures as for forward().
   template <class T, class Heads>
   void attend(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
               LatentCache<T>& cache, Eigen::MatrixBase<Heads>& heads, Workspace& ws,
               MlaPath path = MlaPath::kAuto) const {
-    const Index n = x.rows(), H = cfg_.num_attention_heads, N = cfg_.qk_nope_head_dim,
-                P = cfg_.qk_rope_head_dim, R = cfg_.kv_lora_rank;
-    check_input(x, positions);
+    const Index n = x.rows(), H = cfg_.num_attention_heads;
+    check_call(x, positions, cache);
     MLA_CHECK_ARG(heads.rows() == n && heads.cols() == H * cfg_.v_head_dim,
                   "attention heads output: expected [", n, ", ", H * cfg_.v_head_dim, "], got [",
                   heads.rows(), ", ", heads.cols(), "]");
-    check_cache(cache);
-    cache.check_room(n);
+    if (n == 0) return;
+    auto undo = internal::truncate_on_throw(cache);
+    attend_checked(x, positions, cache, heads, ws, path);
+    undo.dismiss();
+  }
+
+ private:
+  using StridedConstMap = internal::StridedConstMap<Scalar>;
+  using StridedMap = internal::StridedMap<Scalar>;
+
+  /// attend() once its arguments are checked: projects, appends, attends.
+  template <class T, class Heads>
+  void attend_checked(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
+                      LatentCache<T>& cache, Eigen::MatrixBase<Heads>& heads, Workspace& ws,
+                      MlaPath path) const {
+    const Index n = x.rows(), H = cfg_.num_attention_heads, N = cfg_.qk_nope_head_dim,
+                P = cfg_.qk_rope_head_dim, R = cfg_.kv_lora_rank;
     MatrixMap<Scalar> q = ws.matrix<Scalar>(n, H * (N + P));
     MatrixMap<Scalar> c = ws.matrix<Scalar>(n, R + P);
     project_query(x, positions, q, ws);
@@ -287,10 +300,6 @@ class MultiHeadLatentAttention {
     else
       attend_naive(q, cache, heads, ws);
   }
-
- private:
-  using StridedConstMap = internal::StridedConstMap<Scalar>;
-  using StridedMap = internal::StridedMap<Scalar>;
 
   /// Absorbed: q_lat [T, H, R] = q_nope_h W_UK_h and q_pe [T, H, P]; latent attention ->
   /// o_lat [T, H, R]; heads_h = o_lat_h W_UV_h^T. Touches only the latent cache.
@@ -398,13 +407,32 @@ class MultiHeadLatentAttention {
                   "output: expected [", x.rows(), ", ", cfg_.hidden_size, "], got [", out.rows(),
                   ", ", out.cols(), "]");
   }
+  /// Everything a call that appends x's tokens to `cache` needs, checked before it changes
+  /// anything: input and positions, the cache's shape and room, the attention kernel path.
   template <class T>
-  void check_cache(const LatentCache<T>& cache) const {
+  void check_call(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
+                  const LatentCache<T>& cache) const {
+    check_input(x, positions);
     MLA_CHECK_ARG(cache.kv_lora_rank() == cfg_.kv_lora_rank &&
                       cache.rope_dim() == cfg_.qk_rope_head_dim,
                   "LatentCache [kv_lora_rank ", cache.kv_lora_rank(), ", rope ",
                   cache.rope_dim(), "] does not match the layer [", cfg_.kv_lora_rank, ", ",
                   cfg_.qk_rope_head_dim, "]");
+    cache.check_room(x.rows());
+    internal::check_attention_path<Scalar, T>(attention_path_);
+  }
+  template <class T>
+  void check_call(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
+                  const KvCache<T>& cache) const {
+    const Index H = cfg_.num_attention_heads, N = cfg_.qk_nope_head_dim,
+                P = cfg_.qk_rope_head_dim, V = cfg_.v_head_dim;
+    check_input(x, positions);
+    MLA_CHECK_ARG(cache.kv_heads() == H && cache.head_dim() == N + P && cache.v_dim() == V,
+                  "decompressed KvCache [kv_heads ", cache.kv_heads(), ", head_dim ",
+                  cache.head_dim(), ", v_dim ", cache.v_dim(), "] does not match the layer [",
+                  H, ", ", N + P, ", ", V, "]");
+    cache.check_room(x.rows());
+    internal::check_attention_path<Scalar, T>(attention_path_);
   }
 
   MlaConfig cfg_;

@@ -20,11 +20,12 @@ MLA_TARGET_AVX2_BEGIN
 namespace mla {
 namespace internal {
 
-/// 2^x for x <= 0 (what a softmax needs), with 2^x = 0 below -127 (so exp2(-inf) = 0).
+/// 2^x for x <= 0 (what a softmax needs), with 2^x = 0 below -127 (so exp2(-inf) = 0) and NaN
+/// for NaN (a NaN score must reach the output, as std::exp2 lets it).
 /// x = n + f with n = round(x), |f| <= 1/2; 2^f by its degree-7 Taylor polynomial in f*ln2
 /// (truncation error < 6e-9 relative), 2^n by building the float exponent directly.
 inline __m256 exp2_avx2(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-127.0f));
+  x = _mm256_max_ps(_mm256_set1_ps(-127.0f), x);  // maxps returns its second operand for a NaN
   const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(x, n);
   __m256 p = _mm256_set1_ps(kExp2Taylor[7]);

@@ -89,11 +89,11 @@ inline __m512 round_ps512(__m512 a) {
 }
 inline __m512 scalef_ps512(__m512 a, __m512 b) { return _mm512_maskz_scalef_ps(__mmask16(0xFFFF), a, b); }
 
-/// 2^x for x <= 0 (softmax weights), 0 below -200 and for -inf. x = n + f, |f| <= 1/2; 2^f by its
-/// degree-5 Taylor polynomial in f ln 2 (relative error < 2.5e-6, enough for weights that are
+/// 2^x for x <= 0 (softmax weights), 0 below -200 and for -inf, NaN for NaN. x = n + f,
+/// |f| <= 1/2; 2^f by its degree-5 Taylor polynomial in f ln 2 (relative error < 2.5e-6, enough for weights that are
 /// rounded to bf16 next, as the AMX kernels do), scaled by 2^n with vscalefps.
 inline __m512 exp2_avx512(__m512 x) {
-  x = max_ps512(x, _mm512_set1_ps(-200.0f));
+  x = max_ps512(_mm512_set1_ps(-200.0f), x);  // maxps returns its second operand for a NaN
   const __m512 n = round_ps512(x);
   const __m512 f = _mm512_sub_ps(x, n);
   __m512 p = _mm512_set1_ps(kExp2Taylor[5]);

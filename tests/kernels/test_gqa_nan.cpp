@@ -74,8 +74,8 @@ std::vector<float> run(const Case<T>& c, KernelPath path, mla::ThreadPool* pool,
 }
 
 std::vector<KernelPath> paths_for(bool bf16) {
-  std::vector<KernelPath> paths = mla::kernels::compiled_paths();
-  if (bf16 && mla::kernels::kHaveAmx) paths.push_back(KernelPath::kAmx);
+  std::vector<KernelPath> paths = mla::kernels::available_paths();
+  if (bf16 && mla::kernels::path_available(KernelPath::kAmx)) paths.push_back(KernelPath::kAmx);
   return paths;
 }
 

@@ -64,7 +64,7 @@ void check_gqa(const std::vector<Index>& nan_at) {
   const Matrix<double> history = rng.normal<double>(kHistory, cfg.hidden_size).cast<float>().cast<double>();
   const Matrix<double> x = rng.normal<double>(kNew, cfg.hidden_size).cast<float>().cast<double>();
   const Positions pos = positions_from(kHistory, kNew);
-  for (KernelPath path : kernels::compiled_paths()) {
+  for (KernelPath path : kernels::available_paths()) {
     typename GroupedQueryAttention<float>::Options options;
     options.attention_path = path;
     const GroupedQueryAttention<float> lf(cfg, wf, options);

@@ -155,16 +155,13 @@ inline constexpr bool kHasFastKernel =
 inline constexpr Index kKernelTokensPerCall = 8;
 
 /// What the fast kernels would throw for `path`, thrown before a layer changes any state:
-/// std::invalid_argument for a path not compiled in, std::runtime_error when kAmx is asked for
+/// std::invalid_argument for a path this CPU lacks, std::runtime_error when kAmx is asked for
 /// and the OS refuses the AMX tile state. Nothing for types the fast kernels do not serve (their
 /// generic versions ignore the path).
 template <class Scalar, class T>
 void check_attention_path(kernels::KernelPath path) {
   if constexpr (kHasFastKernel<Scalar, T>) {
-    (void)kernels::resolve_path(path);
-#if defined(MLA_HAVE_AMX)
-    if (path == kernels::KernelPath::kAmx) require_amx_tiles();
-#endif
+    (void)kernels::resolve_path(path);  // kAmx: also asks the OS for the tile state
   }
 }
 

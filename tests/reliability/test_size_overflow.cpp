@@ -16,10 +16,10 @@
 #include "mla/cache/paged_latent_cache.hpp"
 #include "mla/cache/quantized_latent_cache.hpp"
 #include "mla/core/check.hpp"
-#include "mla/core/workspace.hpp"
 #include "mla/kernels/paged_absorbed.hpp"
 #include "mla/layers/batched_decode.hpp"
 #include "mla/layers/sharding.hpp"
+#include "mla/layers/workspace.hpp"
 #include "support/random.hpp"
 
 namespace mla {

@@ -75,18 +75,20 @@ MLA_TARGET_END
 namespace mla {
 
 /// In place: x[i] <- exp(x[i] - max) / sum_j exp(x[j] - max) over the first n entries. Float rows
-/// run the AVX2 form where the CPU has it (and MLA_KERNEL_PATH allows it; core/isa.hpp).
+/// run the AVX2 form on every `path` but kPortable (kAuto: where the CPU has it and
+/// MLA_KERNEL_PATH allows it; core/isa.hpp); a path the CPU lacks throws std::invalid_argument.
 template <class Scalar>
-void softmax_inplace(Scalar* x, Index n) {
+void softmax_inplace(Scalar* x, Index n, kernels::KernelPath path = kernels::KernelPath::kAuto) {
   if (n <= 0) return;
 #if MLA_X86_SIMD
   if constexpr (std::is_same_v<Scalar, float>) {
-    if (kernels::auto_path() != kernels::KernelPath::kPortable) {
+    if (kernels::resolve_path(path) != kernels::KernelPath::kPortable) {
       internal::softmax_inplace_avx2(x, n);
       return;
     }
   }
 #endif
+  (void)path;
   Scalar m = -std::numeric_limits<Scalar>::infinity();
   bool has_nan = false;
   for (Index i = 0; i < n; ++i) {

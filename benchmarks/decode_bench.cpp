@@ -73,7 +73,7 @@
 #include "mla/cache/latent_cache.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/layers/workspace.hpp"
-#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/kernels/gqa_attention.hpp"
 #include "mla/layers/gqa.hpp"
 #include "mla/layers/mla.hpp"

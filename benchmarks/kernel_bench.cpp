@@ -25,7 +25,7 @@
 #include "machine_probe.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
-#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/kernels/gqa_attention.hpp"
 #include "mla/reference/attention.hpp"
 

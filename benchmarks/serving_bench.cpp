@@ -12,7 +12,7 @@
 //     paged_ms           kernels::paged_absorbed_attention over a PagedLatentCache, 64-token
 //                        blocks scattered over the pool (a shuffled free list)
 //     in_order_ms        the same with the blocks adjacent (a fresh pool)
-//     blockwise_ms       kernels::paged_absorbed_attention_blockwise: one public-kernel call per
+//     blockwise_ms       test_support::paged_absorbed_attention_blockwise: one public-kernel call per
 //                        block, LSE-merged (the straightforward design, for comparison)
 //     overhead_pct       100 (paged / contiguous - 1); in_order_overhead_pct, blockwise_overhead_pct
 //     tok_s              1 / paged time;   bytes_per_token   cache bytes per token
@@ -65,10 +65,10 @@
 #include "mla/cache/quantized_latent_cache.hpp"
 #include "mla/conformance/hf_reference.hpp"
 #include "mla/core/threading.hpp"
-#include "mla/kernels/absorbed_attention.hpp"
-#include "mla/kernels/paged_absorbed.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/layers/batched_decode.hpp"
 #include "mla/presets.hpp"
+#include "../tests/support/blockwise_absorbed.hpp"
 
 namespace {
 
@@ -217,7 +217,7 @@ struct PagingFixture : PagingFixtureBase {
                                                query.o_lat.data(), nullptr, bws, pool);
         break;
       default:
-        mla::kernels::paged_absorbed_attention_blockwise(1, H, query.q_lat.data(),
+        mla::test_support::paged_absorbed_attention_blockwise(1, H, query.q_lat.data(),
                                                          query.q_pe.data(), paged.rows(), scale,
                                                          query.o_lat.data(), nullptr, blw, pool);
     }
@@ -229,7 +229,7 @@ struct PagingFixture : PagingFixtureBase {
   mla::PagedLatentCache<T> paged, in_order;
   mla::kernels::AbsorbedAttentionWorkspace kws;
   mla::kernels::BatchedAbsorbedWorkspace bws;
-  mla::kernels::BlockwiseAbsorbedWorkspace blw;
+  mla::test_support::BlockwiseAbsorbedWorkspace blw;
 };
 
 /// One fixture alive at a time (a 16k f32 case holds ~110 MB of caches).
@@ -425,7 +425,7 @@ CacheError cache_error(const std::filesystem::path& folder) {
     mla::PagedLatentCache<mla::Fp8Latent> c8(pool, T);
     mla::Matrix<float> yf(T, cfg.hidden_size), yb(T, cfg.hidden_size), y8(T, cfg.hidden_size);
     mla::Workspace ws;
-    mla::BatchedDecodeContext ctx;
+    mla::Workspace ctx;
     for (Index t0 = 0; t0 < T;) {
       const Index n = t0 == 0 ? T / 2 : 1;
       const mla::Matrix<float> xs = x.middleRows(t0, n);

@@ -13,11 +13,8 @@ cmake_policy(VERSION 3.16)
 
 set(_layers core simd kernels ops cache layers io conformance)
 
-# Includes that go against the order for now, each with the reason it is tolerated.
-set(_allowed
-  # The paged decode kernel reads the caches' LatentRowsView / LatentRowCodec; they move to a
-  # kernel-level rows view with the decode-engine unification (issue 17).
-  "mla/kernels/paged_absorbed.hpp -> mla/cache/paged_latent_cache.hpp")
+# Includes that go against the order, each with the reason it is tolerated (none today).
+set(_allowed)
 
 # Sets out_var to the layer index of header `rel` (path from the include dir, "mla/..."),
 # -1 for reference/, 100 for the umbrella header; fails for a header of no known layer.

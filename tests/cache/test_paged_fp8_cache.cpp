@@ -20,9 +20,10 @@
 #include "mla/cache/paged_latent_cache.hpp"
 #include "mla/conformance/hf_reference.hpp"
 #include "mla/io/fp8.hpp"
-#include "mla/kernels/paged_absorbed.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/layers/batched_decode.hpp"
 #include "mla/reference/attention.hpp"
+#include "support/blockwise_absorbed.hpp"
 #include "support/reference_dir.hpp"
 
 namespace mla {
@@ -252,7 +253,7 @@ TEST(Fp8LatentCache, DecodeMatchesReferenceOnDequantisedRows) {
     reference::absorbed_attention(sh, q_lat.data(), q_pe.data(), deq.data(), scale, ref.data(),
                                   ref_lse.data());
     kernels::BatchedAbsorbedWorkspace ws;
-    kernels::BlockwiseAbsorbedWorkspace bws;
+    test_support::BlockwiseAbsorbedWorkspace bws;
     for (ThreadPool* pool_ptr : {static_cast<ThreadPool*>(nullptr), &pool2})
       for (kernels::KernelPath path : kernels::available_paths())
         for (const LatentRowsView<Fp8Latent>& view : {latent_rows(contiguous), paged.rows()}) {
@@ -264,7 +265,7 @@ TEST(Fp8LatentCache, DecodeMatchesReferenceOnDequantisedRows) {
           for (std::size_t i = 0; i < lse.size(); ++i)
             ASSERT_NEAR(lse[i], ref_lse[i], 1e-5f * std::max(1.0f, std::abs(ref_lse[i])));
           std::vector<float> bw(ref.size(), NAN);
-          kernels::paged_absorbed_attention_blockwise(c.q_len, c.heads, q_lat.data(), q_pe.data(),
+          test_support::paged_absorbed_attention_blockwise(c.q_len, c.heads, q_lat.data(), q_pe.data(),
                                                       view, scale, bw.data(), nullptr, bws,
                                                       pool_ptr);
           ASSERT_LE(rel_err(bw, ref), 1e-5f) << "blockwise, len " << c.len;
@@ -302,7 +303,7 @@ CacheErrors measure_case(const std::filesystem::path& folder) {
     Matrix<float> yf(T, cfg.hidden_size), yb(T, cfg.hidden_size), y8(T, cfg.hidden_size),
         y8c(T, cfg.hidden_size);
     Workspace ws;
-    BatchedDecodeContext ctx;
+    Workspace ctx;
     for (Index t0 = 0; t0 < T;) {
       const Index n = t0 == 0 ? first : 1;
       const Matrix<float> xs = x.middleRows(t0, n);

@@ -19,10 +19,10 @@
 #include <vector>
 
 #include "mla/core/threading.hpp"
-#include "mla/kernels/absorbed_attention.hpp"
-#include "mla/kernels/paged_absorbed.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/reference/attention.hpp"
 
+#include "support/blockwise_absorbed.hpp"
 #include "support/alloc_counter.hpp"
 
 namespace mla {
@@ -274,10 +274,10 @@ void check_paged(const Case& c, float scale, ThreadPool* pool2, unsigned seed) {
                                       f.cache.rows(), scale, paged.data(), nullptr, ws, pool2);
     ASSERT_LE(rel_err(paged, fast), 1e-5f) << what;
     // The blockwise variant (public kernel per block, LSE-merged), 1 and 2 threads.
-    kernels::BlockwiseAbsorbedWorkspace bws;
+    test_support::BlockwiseAbsorbedWorkspace bws;
     for (ThreadPool* pool : pools) {
       std::vector<float> out(ref.size(), NAN), lse(std::size_t(m), NAN);
-      kernels::paged_absorbed_attention_blockwise(c.q_len, c.heads, f.q_lat.data(), f.q_pe.data(),
+      test_support::paged_absorbed_attention_blockwise(c.q_len, c.heads, f.q_lat.data(), f.q_pe.data(),
                                                   f.cache.rows(), scale, out.data(), lse.data(),
                                                   bws, pool);
       ASSERT_LE(rel_err(out, ref), 1e-5f) << "blockwise " << what << " threads "
@@ -372,13 +372,13 @@ TEST(PagedAbsorbedAttention, NoHeapAllocationAfterWarmUp) {
     EXPECT_EQ(g_allocs.load(), 0) << "threads " << num_threads(pool);
   }
   // The blockwise variant too.
-  kernels::BlockwiseAbsorbedWorkspace bws;
-  kernels::paged_absorbed_attention_blockwise(1, 128, f.q_lat.data(), f.q_pe.data(),
+  test_support::BlockwiseAbsorbedWorkspace bws;
+  test_support::paged_absorbed_attention_blockwise(1, 128, f.q_lat.data(), f.q_pe.data(),
                                               f.cache.rows(), 0.1f, out.data(), lse.data(), bws,
                                               &pool2);
   g_allocs = 0;
   g_count_allocs = true;
-  kernels::paged_absorbed_attention_blockwise(1, 128, f.q_lat.data(), f.q_pe.data(),
+  test_support::paged_absorbed_attention_blockwise(1, 128, f.q_lat.data(), f.q_pe.data(),
                                               f.cache.rows(), 0.1f, out.data(), lse.data(), bws,
                                               &pool2);
   g_count_allocs = false;

@@ -3,7 +3,7 @@
 // the split boundaries, latent widths that are not multiples of the SIMD width), float and bf16
 // caches, 1 and 2 threads, the AVX2 and the forced portable path; plus edge cases (huge logits,
 // identical scores, a strided cache), argument checks, and a count of heap allocations per call.
-#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 
 #include <gtest/gtest.h>
 
@@ -233,15 +233,18 @@ TEST(AbsorbedAttention, NoAllocationWithReservedWorkspace) {
     }
   }
   EXPECT_EQ(ws.bytes(), bytes);
-  // A workspace that is too small grows on the call.
+  // A workspace that is too small grows on the call, to what the call's plan needs.
   AbsorbedAttentionWorkspace small(1, 20, 6, 1);
+  const std::size_t small_bytes = small.bytes();
   g_allocs = 0;
   g_count_allocs = true;
   mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(), 0.1f,
                                    out.data(), nullptr, small, &pool2);
   g_count_allocs = false;
   EXPECT_GE(g_allocs.load(), 1);
-  EXPECT_GE(small.bytes(), bytes);
+  EXPECT_GT(small.bytes(), small_bytes);
+  EXPECT_GE(small.bytes(), std::size_t(small.plan().workspace_floats()) * sizeof(float));
+  EXPECT_LE(small.bytes(), bytes);  // the reservation for this shape covered the call
 }
 
 TEST(AbsorbedAttention, RejectsBadShapes) {
@@ -484,6 +487,72 @@ TEST(ThreadPool, InlineRunsAllocateNothing) {
   g_count_allocs = false;
   EXPECT_EQ(g_allocs.load(), 0);
   EXPECT_EQ(sum + asum.load(), 3 * 45);
+}
+
+}  // namespace
+
+namespace {
+
+// A NaN in a new token's cache row (its c_kv part, read by both products, or its k_pe part, read
+// by the scores only) reaches that token's query rows and later ones, never an earlier token's:
+// the engine adds a causal row only to the rows that see it. Earlier tokens must equal the
+// reference over the clean cache. Units that hold several tokens (5 heads) and one token each
+// (128 heads), 1 and 2 threads, the cut of the rows into parts at every place, every path but
+// the AMX form (documented as NaN-exact for q_len = 1 only).
+template <class T>
+void check_nan_in_new_row(Index heads, Index q_len, Index cache_len, Index kv_lora, Index rope,
+                          mla::ThreadPool* pool2) {
+  const Inputs clean = make_inputs(q_len, heads, kv_lora, rope, cache_len, 0, 21);
+  const Index m = clean.shape.rows(), R = kv_lora, W = kv_lora + rope;
+  std::vector<float> ref(std::size_t(m * R));
+  mla::reference::absorbed_attention(clean.shape, clean.q_lat.data(), clean.q_pe.data(),
+                                     cache_of<T>(clean), 0.2f, ref.data(), nullptr);
+  AbsorbedAttentionWorkspace ws;
+  for (Index token = 0; token < q_len; ++token) {
+    for (Index column : {Index(1), R + rope / 2}) {
+      Inputs in = clean;
+      const std::size_t at = std::size_t((cache_len - q_len + token) * W + column);
+      in.cache_f[at] = NAN;
+      in.cache_b[at] = bfloat16(NAN);
+      for (KernelPath path : mla::kernels::available_paths()) {
+        if (path == KernelPath::kAmx) continue;
+        for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), pool2}) {
+          std::vector<float> out(std::size_t(m * R));
+          mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(),
+                                           cache_of<T>(in), 0.2f, out.data(), nullptr, ws, pool,
+                                           path);
+          const std::string what = "heads " + std::to_string(heads) + ", NaN in token " +
+                                   std::to_string(token) + " column " + std::to_string(column) +
+                                   ", path " + mla::kernels::path_name(path) + ", threads " +
+                                   std::to_string(mla::num_threads(pool));
+          for (Index row = 0; row < m; ++row) {
+            const Index t = row / heads;
+            bool has_nan = false;
+            float err = 0.0f, scale = 0.0f;
+            for (Index d = 0; d < R; ++d) {
+              const float v = out[std::size_t(row * R + d)], r = ref[std::size_t(row * R + d)];
+              has_nan = has_nan || std::isnan(v);
+              err = std::max(err, std::abs(v - r));
+              scale = std::max(scale, std::abs(r));
+            }
+            if (t < token) {
+              ASSERT_FALSE(has_nan) << what << ": reached query row " << row;
+              ASSERT_LE(err, 1e-5f * scale) << what << ": query row " << row;
+            } else {
+              ASSERT_TRUE(has_nan) << what << ": lost at query row " << row;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(AbsorbedAttention, NanInANewRowStaysWithLaterTokens) {
+  mla::ThreadPool pool2(2);
+  check_nan_in_new_row<float>(5, 4, 77, 20, 6, &pool2);
+  check_nan_in_new_row<bfloat16>(5, 3, 40, 36, 8, &pool2);
+  check_nan_in_new_row<float>(128, 2, 70, 64, 16, &pool2);
 }
 
 }  // namespace

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/reference/attention.hpp"
 #include "support/alloc_counter.hpp"
 #include "support/random.hpp"
@@ -155,27 +155,27 @@ TEST(BatchedAbsorbedAttention, OneLongSequenceIsSplitAcrossThreads) {
   ThreadPool pool2(2);
   kernels::BatchedAbsorbedWorkspace ws;
   kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2, {1, 128});
-  const internal::BatchedPlan& plan = ws.plan();
-  ASSERT_EQ(plan.part_begin.size(), 3u);  // two parts
+  const kernels::DecodePlan& plan = ws.plan();
+  ASSERT_EQ(plan.num_parts(), 2);
   Index rows[2] = {0, 0};
   for (Index p = 0; p < 2; ++p)
-    for (Index i = plan.part_begin[std::size_t(p)]; i < plan.part_begin[std::size_t(p) + 1]; ++i)
-      rows[p] += plan.pieces[std::size_t(i)].j1 - plan.pieces[std::size_t(i)].j0;
+    for (Index i = plan.part_begin()[std::size_t(p)]; i < plan.part_begin()[std::size_t(p) + 1]; ++i)
+      rows[p] += plan.pieces()[std::size_t(i)].j1 - plan.pieces()[std::size_t(i)].j0;
   EXPECT_EQ(rows[0], 1030);
   EXPECT_EQ(rows[1], 1030);
-  EXPECT_EQ(plan.units[0].num_pieces, 2);  // the long one, split
-  EXPECT_EQ(plan.split_units.size(), 1u);
+  EXPECT_EQ(plan.units()[0].num_pieces, 2);  // the long one, split
+  EXPECT_EQ(plan.num_split_units(), 1);
   // More parts per thread cut the work finer: by default as many as the contiguous kernel's
   // splits (4 per thread): parts of 257-258 rows, the long sequence cut into 8 pieces.
   kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2);
-  EXPECT_EQ(ws.plan().part_begin.size(), 9u);
-  EXPECT_EQ(ws.plan().units[0].num_pieces, 8);
+  EXPECT_EQ(ws.plan().num_parts(), 8);
+  EXPECT_EQ(ws.plan().units()[0].num_pieces, 8);
   kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2, {2, 64});
-  EXPECT_EQ(ws.plan().part_begin.size(), 5u);
+  EXPECT_EQ(ws.plan().num_parts(), 4);
   // One thread: a single part, nothing split.
   kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, nullptr);
-  EXPECT_EQ(ws.plan().part_begin.size(), 2u);
-  EXPECT_TRUE(ws.plan().split_units.empty());
+  EXPECT_EQ(ws.plan().num_parts(), 1);
+  EXPECT_EQ(ws.plan().num_split_units(), 0);
 }
 
 TEST(BatchedAbsorbedAttention, NoHeapAllocationAfterWarmUp) {
@@ -229,7 +229,7 @@ void check_layer_batch(MakeCache make_cache, double tol) {
     const Matrix<float> x = rng.normal<float>(prompt[std::size_t(b)], cfg.hidden_size);
     Matrix<float> y(x.rows(), cfg.hidden_size);
     // The batched helper prefills too (q_len = prompt length, causal).
-    BatchedDecodeContext prefill_ctx;
+    Workspace prefill_ctx;
     mla_decode_batch(layer, x, testing::positions_from(0, x.rows()), {x.rows()},
                      std::vector<Cache*>{caches.back().get()}, y, prefill_ctx);
     const Matrix<float> y_ref =
@@ -238,9 +238,9 @@ void check_layer_batch(MakeCache make_cache, double tol) {
     pos[std::size_t(b)] = x.rows();
   }
   ThreadPool pool2(2);
-  BatchedDecodeContext ctx;
-  ctx.pool = &pool2;
-  ctx.options.min_rows_per_part = 16;  // small enough that the 70-token sequence gets split
+  Workspace ctx;
+  ctx.set_thread_pool(&pool2);
+  ctx.decode_options.min_rows_per_part = 16;  // small enough that the 70-token sequence gets split
   for (const std::vector<Index>& q_lens : steps) {
     Index n = 0;
     for (Index t : q_lens) n += t;
@@ -289,7 +289,7 @@ TEST(MlaDecodeBatch, BadInputLeavesTheCachesUntouched) {
   const MultiHeadLatentAttention<float> layer(cfg, testing::random_mla_weights<float>(cfg, rng));
   LatentBlockPool<float> pool(32, 4, 4, 4);
   PagedLatentCache<float> a(pool, 4), b(pool, 4);
-  BatchedDecodeContext ctx;
+  Workspace ctx;
   const Matrix<float> x = rng.normal<float>(3, cfg.hidden_size);
   Matrix<float> y(3, cfg.hidden_size);
   const Positions pos = testing::positions_from(0, 3);

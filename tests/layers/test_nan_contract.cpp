@@ -155,9 +155,9 @@ TEST(NanContract, BatchedDecodeSeveralTokensPerSequence) {
     auto run = [&](const Matrix<float>& xs) {
       LatentCache<float> a = layer.make_latent_cache(16), b = layer.make_latent_cache(16);
       const std::vector<LatentCache<float>*> caches{&a, &b};
-      BatchedDecodeContext ctx;
-      ctx.pool = pool;
-      ctx.options.min_rows_per_part = 2;  // several parts, so sequences are split
+      Workspace ctx;
+      ctx.set_thread_pool(pool);
+      ctx.decode_options.min_rows_per_part = 2;  // several parts, so sequences are split
       Matrix<float> y(2 * kHistory, cfg.hidden_size);
       Positions hp(2 * kHistory);
       for (Index i = 0; i < 2 * kHistory; ++i) hp[i] = i % kHistory;

@@ -15,7 +15,7 @@
 
 #include "mla/core/threading.hpp"
 #include "mla/io/load_layer.hpp"
-#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/presets.hpp"
 #include "support/random.hpp"
 #include "support/reference_dir.hpp"

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "mla/core/threading.hpp"
-#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/kernels/gqa_attention.hpp"
 #include "mla/layers/gqa.hpp"
 #include "mla/layers/mla.hpp"

@@ -399,15 +399,15 @@ void check_batch(NewCache new_cache, const std::string& what) {
   };
   auto run = [&](Caches& s, const Matrix<float>& x, const Positions& pos, Matrix<float>& out,
                  Index config) {
-    BatchedDecodeContext ctx;
-    if (config == 1) ctx.options.parts_per_thread = 0;
+    Workspace ctx;
+    if (config == 1) ctx.decode_options.parts_per_thread = 0;
     mla_decode_batch(layer, x, pos, {1, x.rows() - 1}, std::vector<Cache*>{s.a.get(), s.b.get()},
                      out, ctx);
   };
   auto make = [&] {
     Caches s{new_cache(), new_cache()};
     Matrix<float> out(2 * kHistory, cfg.hidden_size);
-    BatchedDecodeContext ctx;
+    Workspace ctx;
     Positions pos(2 * kHistory);
     for (Index i = 0; i < 2 * kHistory; ++i) pos[i] = i % kHistory;
     mla_decode_batch(layer, history, pos, {kHistory, kHistory},

@@ -16,7 +16,7 @@
 #include "mla/cache/paged_latent_cache.hpp"
 #include "mla/cache/quantized_latent_cache.hpp"
 #include "mla/core/check.hpp"
-#include "mla/kernels/paged_absorbed.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/layers/batched_decode.hpp"
 #include "mla/layers/sharding.hpp"
 #include "mla/layers/workspace.hpp"
@@ -202,7 +202,7 @@ TEST(SizeOverflow, BatchedDecodeSumOfQLens) {
   auto a = layer.make_latent_cache(4), b = layer.make_latent_cache(4);
   const Matrix<float> x = rng.normal<float>(2, 32);
   Matrix<float> y(2, 32);
-  BatchedDecodeContext ctx;
+  Workspace ctx;
   using Caches = std::vector<LatentCache<float>*>;
   const std::string msg = invalid_argument_of([&] {
     mla_decode_batch(layer, x, testing::positions_from(0, 2), {kMax, 1}, Caches{&a, &b}, y, ctx);

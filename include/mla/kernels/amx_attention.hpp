@@ -1,6 +1,6 @@
 // Decode attention on the AMX tile unit over a bf16 cache (kernels::KernelPath::kAmx): the
 // tile operations and one split's flash-decoding loop, shared by the absorbed-MLA kernel
-// (absorbed_attention.hpp: score rows = latent rows [c_kv | k_pe], value rows = their c_kv) and
+// (mla_tiles.hpp / decode_engine.hpp: score rows = latent rows [c_kv | k_pe], value rows = their c_kv) and
 // the MHA/GQA kernel (gqa_attention.hpp: a kv head's K and V rows).
 //
 // Sapphire Rapids' tile unit multiplies bf16 tiles at ~1000 FLOP per cycle per core (about 16x

@@ -1,5 +1,5 @@
-// Pieces shared by the fast decode-attention kernels (absorbed_attention.hpp, gqa_attention.hpp,
-// paged_absorbed.hpp): picking a micro-kernel instantiation by a runtime size, the causal mask on
+// Pieces shared by the fast decode-attention kernels (the MLA decode engine and its tiles,
+// decode_engine.hpp / mla_tiles.hpp, and gqa_attention.hpp): picking a micro-kernel instantiation by a runtime size, the causal mask on
 // a tile of scores, reading a cache tile as float rows, and the log-sum-exp combine of split-KV
 // partial results. It also brings in what every kernel builds on: the call shapes
 // (core/shapes.hpp), the kernel path and its runtime choice (core/isa.hpp), aligned scratch

@@ -1,7 +1,7 @@
 // Attention cores shared by the layers: softmax(scale * Q K^T) V per head over a KvCache, and the
-// MLA absorbed core over a LatentCache. Each has a plain Eigen-GEMM version, used for every scalar
-// type (double included), and a dispatcher that sends float layers with float or bfloat16 caches
-// to the fast kernels in mla/kernels/ (tests compare the two).
+// MLA absorbed core over the latent rows of any latent cache (a LatentRowsView). Each has a plain
+// Eigen-GEMM version, used for every scalar type (double included), and a dispatcher that sends
+// float layers to the fast kernels in mla/kernels/ (tests compare the two).
 //
 // Causality: the T new tokens are the last T rows of the cache, so new token t sees cache rows
 // [0, L - T + t], L = cache.size() after the append.
@@ -13,6 +13,7 @@
 
 #include "mla/cache/kv_cache.hpp"
 #include "mla/cache/latent_cache.hpp"
+#include "mla/cache/paged_latent_cache.hpp"
 #include "mla/core/types.hpp"
 #include "mla/layers/workspace.hpp"
 #include "mla/ops/matmul.hpp"
@@ -117,17 +118,34 @@ void gqa_attention_generic(const Scalar* q, Index q_stride, Index num_tokens, In
   }
 }
 
-/// MLA absorbed attention over the latent cache, for T new tokens (the last T cache rows).
+/// The `rows.len` latent rows [c_kv | k_pe] of a view as a Scalar matrix [L, R + P]: a
+/// zero-copy map of contiguous, densely stored Scalar rows, otherwise a converted (widened,
+/// dequantised) copy in workspace memory, gathered run by run for a paged view.
+template <class Scalar, class T>
+ConstMatrixMap<Scalar> latent_rows_as(const LatentRowsView<T>& rows, Workspace& ws) {
+  const Index L = rows.len, R = rows.kv_lora_rank, P = rows.rope_dim, W = R + P;
+  if constexpr (std::is_same_v<T, Scalar>) {
+    if (!rows.paged() && rows.row_stride == W) return ConstMatrixMap<Scalar>(rows.base, L, W);
+  }
+  Scalar* dst = ws.take<Scalar>({L, W});
+  for (Index j = 0; j < L;) {
+    const Index n = rows.run_length(j, L);
+    LatentRowCodec<T>::decode(rows.row(j), rows.row_stride, n, R, P, dst + j * W, W);
+    j += n;
+  }
+  return ConstMatrixMap<Scalar>(dst, L, W);
+}
+
+/// MLA absorbed attention over latent rows (any cache's view), for T new tokens (the last T rows).
 ///   q_lat [T, H, R] = W_UK^T q_nope per head,  q_pe [T, H, P] (rotated)
 ///   o_lat [T, H, R] = sum_j p_j c_kv_j
 /// score_j = scale * (q_lat . c_kv_j + q_pe . k_pe_j), for all heads of a token at once.
 template <class Scalar, class T>
 void absorbed_attention_generic(const Scalar* q_lat, const Scalar* q_pe, Index num_tokens,
-                                Index num_heads, const LatentCache<T>& cache, double scale,
+                                Index num_heads, const LatentRowsView<T>& rows, double scale,
                                 Scalar* o_lat, Workspace& ws) {
-  const Index L = cache.size(), R = cache.kv_lora_rank(), P = cache.rope_dim(),
-              W = cache.row_dim();
-  const auto c = as_scalar<Scalar>(cache.data(), L, W, ws);
+  const Index L = rows.len, R = rows.kv_lora_rank, P = rows.rope_dim;
+  const auto c = latent_rows_as<Scalar>(rows, ws);
   MatrixMap<Scalar> s = ws.matrix<Scalar>(num_heads, L);
   for (Index t = 0; t < num_tokens; ++t) {
     const Index visible = L - num_tokens + 1 + t;
@@ -143,10 +161,12 @@ void absorbed_attention_generic(const Scalar* q_lat, const Scalar* q_pe, Index n
   }
 }
 
-/// Whether the fast kernels serve this compute/cache type pair.
+/// Whether the fast kernels serve this compute/cache type pair (the GQA kernel: float and bf16
+/// caches; the MLA decode engine also FP8 latent rows).
 template <class Scalar, class T>
 inline constexpr bool kHasFastKernel =
-    std::is_same_v<Scalar, float> && (std::is_same_v<T, float> || std::is_same_v<T, bfloat16>);
+    std::is_same_v<Scalar, float> && (std::is_same_v<T, float> || std::is_same_v<T, bfloat16> ||
+                                      std::is_same_v<T, Fp8Latent>);
 
 /// New tokens per GQA fast-kernel call: K/V are streamed once per call for all its tokens
 /// (speculative decoding), and the kernel's split buffers, which scale with q_len x heads, stay
@@ -191,33 +211,26 @@ auto truncate_on_throw(Cache& cache) {
   return UndoOnThrow([&cache, size = cache.size()] { cache.truncate(size); });
 }
 
-/// Absorbed attention, fast kernel when available (see absorbed_attention_generic for shapes).
+/// Absorbed attention over latent rows, the decode engine for float layers (see
+/// absorbed_attention_generic for shapes). One engine call for all T tokens: each token reads
+/// exactly the rows it sees, and a causal row's value reaches only the tokens that see it (a
+/// NaN in a later token stays there).
 template <class Scalar, class T>
 void absorbed_attention(const Scalar* q_lat, const Scalar* q_pe, Index num_tokens,
-                        Index num_heads, const LatentCache<T>& cache, double scale,
+                        Index num_heads, const LatentRowsView<T>& rows, double scale,
                         Scalar* o_lat, Workspace& ws,
                         kernels::KernelPath path = kernels::KernelPath::kAuto) {
   if constexpr (kHasFastKernel<Scalar, T>) {
-    // One call per new token, each over exactly the rows it sees: the kernel takes 128 query
-    // rows (all heads of a token) per pass over the cache anyway, so this costs no extra cache
-    // traffic, and no masked-out row ever enters a tile (a NaN in a later token stays there).
-    const Index R = cache.kv_lora_rank(), P = cache.rope_dim();
-    const Index first_new = cache.size() - num_tokens;
-    for (Index t = 0; t < num_tokens; ++t) {
-      kernels::AbsorbedAttentionShape shape;
-      shape.q_len = 1;
-      shape.num_heads = num_heads;
-      shape.kv_lora = R;
-      shape.rope = P;
-      shape.cache_len = first_new + t + 1;
-      shape.row_stride = cache.row_stride();
-      kernels::absorbed_attention(shape, q_lat + t * num_heads * R, q_pe + t * num_heads * P,
-                                  cache.data(), static_cast<float>(scale),
-                                  o_lat + t * num_heads * R, nullptr, ws.absorbed_kernel,
-                                  ws.thread_pool(), path);
-    }
+    kernels::DecodeSequence<T> s;
+    s.q_len = num_tokens;
+    s.q_lat = q_lat;
+    s.q_pe = q_pe;
+    s.cache = rows;
+    s.o_lat = o_lat;
+    kernels::batched_absorbed_attention(num_heads, &s, 1, static_cast<float>(scale),
+                                        ws.absorbed_kernel, ws.thread_pool(), {}, path);
   } else {
-    absorbed_attention_generic(q_lat, q_pe, num_tokens, num_heads, cache, scale, o_lat, ws);
+    absorbed_attention_generic(q_lat, q_pe, num_tokens, num_heads, rows, scale, o_lat, ws);
   }
 }
 

@@ -20,8 +20,10 @@
 //   o_lat_h = sum_j p_{h,j} c_kv_j;   o_h = W_UV_h o_lat_h
 // Both: y = o_proj(concat_h o_h). scale = (N+P)^-0.5 * yarn mscale^2 (MlaConfig::softmax_scale).
 //
-// Three caches serve these paths:
-//   LatentCache (R+P values/token)  -> absorbed, or naive recomputing K/V from the latent each step
+// Caches serve these paths:
+//   latent caches (R+P values/token): LatentCache<float | bf16 | double>, Fp8LatentCache (656 B per
+//     V3 token), PagedLatentCache<float | bf16 | Fp8Latent> (blocks of a LatentBlockPool)
+//                                    -> absorbed, or naive recomputing K/V from the latent each step
 //   KvCache (H*(N+P+V) values/token) -> naive with a decompressed per-head cache (what MLA avoids)
 //
 // Where sources differ: transformers' DeepseekV3 applies interleaved RoPE and returns the rotated
@@ -32,10 +34,13 @@
 #pragma once
 
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "mla/cache/kv_cache.hpp"
 #include "mla/cache/latent_cache.hpp"
+#include "mla/cache/paged_latent_cache.hpp"
+#include "mla/cache/quantized_latent_cache.hpp"
 #include "mla/config.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
@@ -145,6 +150,24 @@ class MultiHeadLatentAttention {
   LatentCache<T> make_latent_cache(Index capacity) const {
     return LatentCache<T>(cfg_.kv_lora_rank, cfg_.qk_rope_head_dim, capacity);
   }
+  /// 8-bit latent cache (FlashMLA's FP8 row: R FP8 codes, ceil(R/128) float scales, P bf16).
+  Fp8LatentCache make_fp8_latent_cache(Index capacity) const {
+    return Fp8LatentCache(cfg_.kv_lora_rank, cfg_.qk_rope_head_dim, capacity);
+  }
+  /// A pool of `num_blocks` blocks of `block_size` latent rows of element type T (float, bf16,
+  /// Fp8Latent), shared by the PagedLatentCaches of many sequences (make_paged_cache).
+  template <class T = Scalar>
+  LatentBlockPool<T> make_block_pool(Index num_blocks, Index block_size = kDefaultBlockSize) const {
+    return LatentBlockPool<T>(cfg_.kv_lora_rank, cfg_.qk_rope_head_dim, num_blocks, block_size);
+  }
+  /// One sequence's paged cache in `pool` with room for `capacity` tokens (blocks taken now;
+  /// BlockPoolExhausted if the pool has too few). Throws std::invalid_argument if the pool's
+  /// widths are not the layer's.
+  template <class T>
+  PagedLatentCache<T> make_paged_cache(LatentBlockPool<T>& pool, Index capacity = 0) const {
+    check_latent_widths(pool.kv_lora_rank(), pool.rope_dim(), "LatentBlockPool");
+    return PagedLatentCache<T>(pool, capacity);
+  }
   /// Decompressed per-head cache (H*(N+P+V) values per token) for the naive-cached path.
   template <class T = Scalar>
   KvCache<T> make_decompressed_cache(Index capacity) const {
@@ -184,14 +207,16 @@ class MultiHeadLatentAttention {
     return choose_mla_path(cfg_, num_tokens, context);
   }
 
-  /// Attention of the T tokens `x` [T, hidden] at `positions` [T] over a latent cache: appends
-  /// their latent rows, attends causally over everything cached, writes `out` [T, hidden].
-  /// Allocates nothing on the absorbed path once `ws` has served a call of this size. Every
-  /// argument (and Options::attention_path) is checked before the cache changes; a call that
-  /// fails leaves the cache as it was.
-  template <class T>
+  /// Attention of the T tokens `x` [T, hidden] at `positions` [T] over a latent cache
+  /// (LatentCache, Fp8LatentCache or PagedLatentCache; see kIsLatentCache): appends their latent
+  /// rows, attends causally over everything cached, writes `out` [T, hidden]. Serves prefill,
+  /// chunked prefill, decode and multi-token decode alike. Allocates nothing on the absorbed path
+  /// once `ws` has served a call of this size. Every argument (and Options::attention_path) is
+  /// checked before the cache changes, room included (a paged cache needs its blocks reserved:
+  /// PagedLatentCache::ensure_room); a call that fails leaves the cache as it was.
+  template <class Cache, std::enable_if_t<kIsLatentCache<Cache>, int> = 0>
   void forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
-               LatentCache<T>& cache, Eigen::Ref<Matrix<Scalar>> out, Workspace& ws,
+               Cache& cache, Eigen::Ref<Matrix<Scalar>> out, Workspace& ws,
                MlaPath path = MlaPath::kAuto) const {
     check_call(x, positions, cache);
     check_output(x, out);
@@ -243,9 +268,9 @@ class MultiHeadLatentAttention {
   }
 
   /// Convenience overloads that allocate their result and scratch.
-  template <class T>
+  template <class Cache, std::enable_if_t<kIsLatentCache<Cache>, int> = 0>
   Matrix<Scalar> forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
-                         LatentCache<T>& cache, MlaPath path = MlaPath::kAuto) const {
+                         Cache& cache, MlaPath path = MlaPath::kAuto) const {
     Matrix<Scalar> out(x.rows(), cfg_.hidden_size);
     Workspace ws;
     forward(x, positions, cache, out, ws, path);
@@ -263,9 +288,9 @@ class MultiHeadLatentAttention {
   /// Everything before o_proj: appends the latent rows of `x` to `cache` and writes the
   /// per-head attention output `heads` [T, H*V] (transformers' attn_output before o_proj).
   /// Takes its scratch from `ws` without resetting it. Checks and failures as for forward().
-  template <class T, class Heads>
+  template <class Cache, class Heads, std::enable_if_t<kIsLatentCache<Cache>, int> = 0>
   void attend(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
-              LatentCache<T>& cache, Eigen::MatrixBase<Heads>& heads, Workspace& ws,
+              Cache& cache, Eigen::MatrixBase<Heads>& heads, Workspace& ws,
               MlaPath path = MlaPath::kAuto) const {
     const Index n = x.rows(), H = cfg_.num_attention_heads;
     check_call(x, positions, cache);
@@ -283,9 +308,9 @@ class MultiHeadLatentAttention {
   using StridedMap = internal::StridedMap<Scalar>;
 
   /// attend() once its arguments are checked: projects, appends, attends.
-  template <class T, class Heads>
+  template <class Cache, class Heads>
   void attend_checked(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
-                      LatentCache<T>& cache, Eigen::MatrixBase<Heads>& heads, Workspace& ws,
+                      Cache& cache, Eigen::MatrixBase<Heads>& heads, Workspace& ws,
                       MlaPath path) const {
     const Index n = x.rows(), H = cfg_.num_attention_heads, N = cfg_.qk_nope_head_dim,
                 P = cfg_.qk_rope_head_dim, R = cfg_.kv_lora_rank;
@@ -296,15 +321,15 @@ class MultiHeadLatentAttention {
     cache.append(c.data(), R + P, n);
     if (path == MlaPath::kAuto) path = choose_path(n, cache.size());
     if (path == MlaPath::kAbsorbed)
-      attend_absorbed(q, cache, heads, ws);
+      attend_absorbed(q, latent_rows(cache), heads, ws);
     else
-      attend_naive(q, cache, heads, ws);
+      attend_naive(q, latent_rows(cache), heads, ws);
   }
 
   /// Absorbed: q_lat [T, H, R] = q_nope_h W_UK_h and q_pe [T, H, P]; latent attention ->
   /// o_lat [T, H, R]; heads_h = o_lat_h W_UV_h^T. Touches only the latent cache.
   template <class T, class Heads>
-  void attend_absorbed(const MatrixMap<Scalar>& q, const LatentCache<T>& cache,
+  void attend_absorbed(const MatrixMap<Scalar>& q, const LatentRowsView<T>& rows,
                        Eigen::MatrixBase<Heads>& heads, Workspace& ws) const {
     const Index n = q.rows(), H = cfg_.num_attention_heads, N = cfg_.qk_nope_head_dim,
                 P = cfg_.qk_rope_head_dim, R = cfg_.kv_lora_rank, V = cfg_.v_head_dim;
@@ -320,7 +345,7 @@ class MultiHeadLatentAttention {
       StridedMap(q_pe + h * P, n, P, Eigen::OuterStride<>(H * P)) =
           StridedConstMap(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
     }
-    internal::absorbed_attention(q_lat, q_pe, n, H, cache, cfg_.softmax_scale(), o_lat, ws,
+    internal::absorbed_attention(q_lat, q_pe, n, H, rows, cfg_.softmax_scale(), o_lat, ws,
                                  attention_path_);
     for (Index h = 0; h < H; ++h) {
       StridedConstMap ol(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R));
@@ -332,13 +357,13 @@ class MultiHeadLatentAttention {
   /// Naive, recomputing K/V from the latent cache: kv [L, H*(N+V)] = c_kv W_kv_b^T for every
   /// cached token, then per head softmax(scale (q_nope K_nope^T + q_pe K_pe^T)) V.
   template <class T, class Heads>
-  void attend_naive(const MatrixMap<Scalar>& q, const LatentCache<T>& cache,
+  void attend_naive(const MatrixMap<Scalar>& q, const LatentRowsView<T>& rows,
                     Eigen::MatrixBase<Heads>& heads, Workspace& ws) const {
-    const Index n = q.rows(), L = cache.size(), H = cfg_.num_attention_heads,
+    const Index n = q.rows(), L = rows.len, H = cfg_.num_attention_heads,
                 N = cfg_.qk_nope_head_dim, P = cfg_.qk_rope_head_dim, R = cfg_.kv_lora_rank,
                 V = cfg_.v_head_dim;
     const Index qk = N + P;
-    const auto c = internal::as_scalar<Scalar>(cache.data(), L, R + P, ws);
+    const auto c = internal::latent_rows_as<Scalar>(rows, ws);  // [L, R+P]
     MatrixMap<Scalar> kv = ws.matrix<Scalar>(L, H * (N + V));
     internal::matmul(c.leftCols(R), w_.kv_b_proj.weight, kernels::GemmB::kTransposed, kv, false,
                      ws.gemm_kernel, ws.thread_pool());
@@ -409,17 +434,24 @@ class MultiHeadLatentAttention {
   }
   /// Everything a call that appends x's tokens to `cache` needs, checked before it changes
   /// anything: input and positions, the cache's shape and room, the attention kernel path.
-  template <class T>
+  template <class Cache, std::enable_if_t<kIsLatentCache<Cache>, int> = 0>
   void check_call(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
-                  const LatentCache<T>& cache) const {
+                  const Cache& cache) const {
     check_input(x, positions);
-    MLA_CHECK_ARG(cache.kv_lora_rank() == cfg_.kv_lora_rank &&
-                      cache.rope_dim() == cfg_.qk_rope_head_dim,
-                  "LatentCache [kv_lora_rank ", cache.kv_lora_rank(), ", rope ",
-                  cache.rope_dim(), "] does not match the layer [", cfg_.kv_lora_rank, ", ",
-                  cfg_.qk_rope_head_dim, "]");
+    const char* name = "LatentCache";
+    if constexpr (std::is_same_v<Cache, Fp8LatentCache>) name = "Fp8LatentCache";
+    if constexpr (std::is_same_v<Cache, PagedLatentCache<typename Cache::Element>>)
+      name = "PagedLatentCache";
+    check_latent_widths(cache.kv_lora_rank(), cache.rope_dim(), name);
     cache.check_room(x.rows());
-    internal::check_attention_path<Scalar, T>(attention_path_);
+    internal::check_attention_path<Scalar, typename Cache::Element>(attention_path_);
+  }
+  /// Throws std::invalid_argument unless a latent cache's (or pool's) widths are the layer's.
+  void check_latent_widths(Index kv_lora_rank, Index rope_dim, const char* what) const {
+    MLA_CHECK_ARG(kv_lora_rank == cfg_.kv_lora_rank && rope_dim == cfg_.qk_rope_head_dim, what,
+                  " [kv_lora_rank ", kv_lora_rank, ", rope ", rope_dim,
+                  "] does not match the layer [", cfg_.kv_lora_rank, ", ", cfg_.qk_rope_head_dim,
+                  "]");
   }
   template <class T>
   void check_call(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,

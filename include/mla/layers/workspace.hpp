@@ -22,7 +22,7 @@
 #include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
-#include "mla/kernels/absorbed_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 #include "mla/kernels/gemm.hpp"
 #include "mla/kernels/gqa_attention.hpp"
 
@@ -109,10 +109,13 @@ class Workspace {
   void set_thread_pool(ThreadPool* pool) { pool_ = pool; }
   ThreadPool* thread_pool() const { return pool_; }
 
-  /// Scratch of the fast kernels (grown on first use, then reused).
-  kernels::AbsorbedAttentionWorkspace absorbed_kernel;
+  /// Scratch of the fast kernels (grown on first use, then reused); absorbed_kernel also holds
+  /// the MLA decode engine's plan, reused while the shapes stay the same.
+  kernels::DecodeWorkspace absorbed_kernel;
   kernels::GqaAttentionWorkspace gqa_kernel;
   kernels::GemmWorkspace gemm_kernel;
+  /// How the MLA decode engine splits a batch across threads (mla_decode_batch).
+  kernels::BatchedDecodeOptions decode_options{};
 
  private:
   static constexpr std::size_t kAlign = 64;

@@ -1,32 +1,27 @@
-// Fast absorbed-MLA decode attention: softmax(scale * (Q_lat C^T + Q_pe P^T)) C over a latent
-// cache of rows [c_kv | k_pe], for all M = q_len * num_heads query rows at once. This is the
-// attention core of DeepSeek-V2/V3 inference with W_UK / W_UV absorbed (FlashMLA's decode kernel;
-// kv_lora 512, rope 64, 128 heads). Reference: mla::reference::absorbed_attention.
+// The tile operations of absorbed-MLA decode attention, softmax(scale (Q_lat C^T + Q_pe P^T)) C
+// over latent rows [c_kv | k_pe]: what the decode engine (decode_engine.hpp) runs on every tile
+// of cache rows, for up to kMlaRowsPerPass query rows at once. This is the attention core of
+// DeepSeek-V2/V3 inference with W_UK / W_UV absorbed (FlashMLA's decode kernel; kv_lora 512,
+// rope 64, 128 heads). Reference: mla::reference::absorbed_attention.
 //
-// With 128 query rows every cache row feeds 128 * (576 + 512) multiply-adds, so the kernel is
-// compute bound and is written as two register-blocked GEMM micro-kernels around an online softmax
-// (flash decoding). Per tile of kTileRows cache rows:
+// With 128 query rows every cache row feeds 128 * (576 + 512) multiply-adds, so the work is
+// compute bound and is written as two register-blocked GEMM micro-kernels around an online
+// softmax (flash decoding). Per tile of kMlaTileRows cache rows:
 //   S^T[t, m] = Q[m, :] . row_t[0 : kv_lora + rope]  (Q = [q_lat | q_pe] pre-scaled by scale*log2 e)
 //   online softmax over t for every m (running max / sum per row, base 2)
 //   O[m, :] = alpha_m * O[m, :] + sum_t P^T[t, m] row_t[0 : kv_lora]
 // The concatenated row [c_kv | k_pe] is exactly the cache row, so the first GEMM has a single
-// K = kv_lora + rope loop. Threads split the cache rows (split-KV); each split keeps a partial
-// (O, max, sum) in the workspace and a log-sum-exp combine merges them at the end.
-//
-// Memory layout (fixed, written by the cache code): row-major [capacity, kv_lora + rope] of float
-// or bfloat16; the kernel reads rows 0 .. cache_len - 1 at `row_stride` elements apart.
+// K = kv_lora + rope loop, and V is the first kv_lora values of the same row.
 //
 // Three implementations of the tile operations (kernels::KernelPath): portable C++, AVX2+FMA
 // (8-wide, 16 registers) and AVX-512 (16-wide, 32 registers). Every translation unit compiles all
-// three (the SIMD ones in target regions, core/macros.hpp) and the call picks one at run time
+// three (the SIMD ones in target regions, core/macros.hpp) and a call picks one at run time
 // (kAuto: the widest the CPU has, core/isa.hpp). A bf16 cache is widened to float tile by tile
 // (exact) and runs the float GEMMs. AVX512-BF16's vdpbf16ps would skip the widening but round the
-// query and P to bf16, and Sapphire Rapids issues it at half the rate of a 512-bit FMA (two bf16
-// products per lane per instruction, so no more FLOP per cycle than fp32 FMA), so a kernel built
-// on it could not beat the widening one there. AMX tiles are the bf16 engine of that core:
-// KernelPath::kAmx runs a bf16 cache through them (amx_attention.hpp), rounding the query and the
-// softmax weights to bf16, at many times the fp32 FMA rate; kAuto keeps the exact-in-float
-// kernels.
+// query and P to bf16 at no more FLOP per cycle than fp32 FMA on the cores that have it, so a
+// kernel built on it could not beat the widening one. AMX tiles are the bf16 engine of those
+// cores: KernelPath::kAmx runs a bf16 cache through them (amx_attention.hpp), rounding the query
+// and the softmax weights to bf16; kAuto keeps the exact-in-float kernels.
 #pragma once
 
 #include <algorithm>
@@ -78,47 +73,6 @@ inline constexpr Index kMlaSplitsPerThread = 4;
 
 /// Most splits a call on `threads` threads uses (1 on one thread: no combine at all).
 constexpr Index mla_max_splits(int threads) { return threads <= 1 ? 1 : Index(threads) * kMlaSplitsPerThread; }
-
-/// Where each piece of an absorbed-attention workspace lives (see AbsorbedAttentionWorkspace).
-struct AbsorbedLayout {
-  Index rows = 0;         // M
-  Index row_dim = 0;      // K = kv_lora + rope
-  Index o_stride = 0;     // kv_lora rounded up to 16
-  Index pass_rows16 = 0;  // min(M, kMlaRowsPerPass) rounded up to 16
-  float* q_packed = nullptr;  // [ceil(M / 16)][K][16], zero rows past M (AMX: amx_pack_query)
-  float* part_o = nullptr;    // [max splits][M][o_stride] unnormalised split outputs
-  float* part_max = nullptr;  // [max splits][M] running max (base-2 scores)
-  float* part_sum = nullptr;  // [max splits][M] running sum of 2^(s - max)
-  float* scratch = nullptr;   // [threads][scratch_stride]
-  Index scratch_stride = 0;
-  Index total = 0;            // floats used
-
-  AbsorbedLayout(float* base, Index m, Index kv_lora, Index rope, int threads) {
-    rows = m;
-    row_dim = kv_lora + rope;
-    o_stride = round_up(kv_lora, 16);
-    pass_rows16 = round_up(std::min(m, kMlaRowsPerPass), kMlaPanel);
-    FloatArena per_thread;
-    per_thread.take(kMlaTileRows * pass_rows16);        // S^T / P^T tile
-    per_thread.take(kMlaTileRows * round_up(row_dim, 8));  // bf16 tile widened to float
-    per_thread.take(3 * pass_rows16);                   // running max, running sum, alpha
-    scratch_stride = per_thread.used();
-    Index q_floats = round_up(m, kMlaPanel) * row_dim;
-    // The AMX form's query tiles and per-thread chunk buffers, where the CPU can run it.
-    if (kernels::path_available(kernels::KernelPath::kAmx)) {
-      scratch_stride = std::max(scratch_stride, amx_scratch_floats(pass_rows16, row_dim, kv_lora));
-      q_floats = std::max(q_floats, amx_query_floats(m, row_dim));
-    }
-    FloatArena arena(base);
-    q_packed = arena.take(q_floats);
-    const Index splits = mla_max_splits(threads);
-    part_o = arena.take(splits * m * o_stride);
-    part_max = arena.take(splits * m);
-    part_sum = arena.take(splits * m);
-    scratch = arena.take(Index(threads) * scratch_stride);
-    total = arena.used();
-  }
-};
 
 /// Packs [q_lat | q_pe] * qscale into 16-row panels, [panel][k][16], padding rows past M with 0.
 inline void mla_pack_query(const float* q_lat, const float* q_pe, Index m_rows, Index kv_lora,
@@ -541,99 +495,6 @@ constexpr bool uses_amx_form() {
 #endif
 }
 
-/// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
-template <class Ops, class CacheScalar>
-void absorbed_attention_run(const kernels::AbsorbedAttentionShape& shape, const float* q_lat,
-                            const float* q_pe, const CacheScalar* cache, float softmax_scale,
-                            float* o_lat, float* lse, float* workspace, ThreadPool* pool) {
-  const Index m_rows = shape.rows();
-  const Index d_dim = shape.kv_lora;
-  const Index k_dim = shape.row_dim();
-  const Index cache_len = shape.cache_len;
-  const int threads = num_threads(pool);
-  const AbsorbedLayout lay(workspace, m_rows, shape.kv_lora, shape.rope, threads);
-
-  constexpr bool kAmxForm = uses_amx_form<Ops, CacheScalar>();
-  if constexpr (kAmxForm) {
-#if MLA_X86_SIMD
-    amx_pack_query(q_lat, q_pe, m_rows, shape.kv_lora, shape.rope, softmax_scale * kLog2e,
-                   reinterpret_cast<std::uint16_t*>(lay.q_packed));
-#endif
-  } else {
-    mla_pack_query(q_lat, q_pe, m_rows, shape.kv_lora, shape.rope, softmax_scale * kLog2e,
-                   lay.q_packed);
-  }
-
-  const Index splits =
-      std::max<Index>(1, std::min<Index>(mla_max_splits(threads), cache_len / kMlaMinRowsPerSplit));
-  const Index passes = (m_rows + kMlaRowsPerPass - 1) / kMlaRowsPerPass;
-  // Cache rows >= first_masked are hidden from some query tokens (causal rule).
-  const Index first_masked = cache_len - shape.q_len + 1;
-
-  parallel_for(pool, passes * splits, [&](Index task, int thread) {
-    const Index pass = task / splits;
-    const Index split = task % splits;
-    const Index m0 = pass * kMlaRowsPerPass;
-    const Index mc = std::min(kMlaRowsPerPass, m_rows - m0);
-    const Index mc16 = round_up(mc, kMlaPanel);
-    const Index j_begin = cache_len * split / splits;
-    const Index j_end = cache_len * (split + 1) / splits;
-    if constexpr (kAmxForm) {
-#if MLA_X86_SIMD
-      // Score rows are the whole latent rows [c_kv | k_pe]; value rows their c_kv part.
-      const AmxAttentionRows rows{cache, shape.row_stride, k_dim, cache, shape.row_stride, d_dim,
-                                  m0, shape.num_heads, first_masked};
-      const auto* qv = reinterpret_cast<const std::uint16_t*>(lay.q_packed) +
-                       (m0 / 16) * (round_up(k_dim, 32) / 32) * 512;
-      amx_attention_task(rows, qv, mc, j_begin, j_end, lay.scratch + thread * lay.scratch_stride,
-                         lay.part_o + (split * m_rows + m0) * lay.o_stride, lay.o_stride,
-                         lay.part_max + split * m_rows + m0, lay.part_sum + split * m_rows + m0);
-#endif
-      return;
-    }
-
-    FloatArena scratch(lay.scratch + thread * lay.scratch_stride);
-    float* st = scratch.take(kMlaTileRows * lay.pass_rows16);
-    float* wide = scratch.take(kMlaTileRows * round_up(k_dim, 8));
-    float* run_max = scratch.take(lay.pass_rows16);
-    float* run_sum = scratch.take(lay.pass_rows16);
-    float* alpha = scratch.take(lay.pass_rows16);
-
-    float* o = lay.part_o + (split * m_rows + m0) * lay.o_stride;
-    std::fill(o, o + mc * lay.o_stride, 0.0f);
-    std::fill(run_max, run_max + mc16, -std::numeric_limits<float>::infinity());
-    std::fill(run_sum, run_sum + mc16, 0.0f);
-    const float* qp = lay.q_packed + m0 * k_dim;
-
-    for (Index t0 = j_begin; t0 < j_end; t0 += kMlaTileRows) {
-      const Index tn = std::min(kMlaTileRows, j_end - t0);
-      Index stride;
-      const float* rows = rows_as_float<Ops>(cache + t0 * shape.row_stride, shape.row_stride, tn,
-                                             k_dim, wide, round_up(k_dim, 8), stride);
-      Ops::scores(qp, mc16 / kMlaPanel, k_dim, rows, stride, tn, st, mc16);
-      mask_hidden_rows(st, mc16, t0, tn, mc, m0, shape.num_heads, first_masked);
-      Ops::softmax(st, mc16, tn, mc16, run_max, run_sum, alpha);
-      Ops::accumulate(st, mc16, tn, mc, rows, stride, d_dim, o, lay.o_stride, alpha);
-    }
-    std::copy(run_max, run_max + mc, lay.part_max + split * m_rows + m0);
-    std::copy(run_sum, run_sum + mc, lay.part_sum + split * m_rows + m0);
-  });
-
-  // The combine reads every split's partial output (splits x M x kv_lora floats, 2 MiB for 8
-  // splits of 128 x 512), a few % of a multi-threaded call, so the rows are shared out too. Each
-  // row's combine is the same arithmetic whichever thread runs it.
-  const Index combine_tasks = splits > 1 ? std::min<Index>(m_rows, Index(threads) * 4) : 1;
-  parallel_for(pool, combine_tasks, [&](Index task, int) {
-    const Index m_end = m_rows * (task + 1) / combine_tasks;
-    for (Index m = m_rows * task / combine_tasks; m < m_end; ++m) {
-      const float l = combine_splits(lay.part_o + m * lay.o_stride, m_rows * lay.o_stride,
-                                     lay.part_max + m, lay.part_sum + m, m_rows, splits, d_dim,
-                                     o_lat + m * d_dim);
-      if (lse != nullptr) lse[m] = l;
-    }
-  });
-}
-
 /// Calls fn(Ops{}) with the tile operations of `path` (see kernels::KernelPath), chosen at run
 /// time; throws as kernels::resolve_path does when the CPU lacks the path.
 template <class Fn>
@@ -649,71 +510,4 @@ void with_mla_ops(kernels::KernelPath path, Fn&& fn) {
 }
 
 }  // namespace internal
-
-namespace kernels {
-
-/// Scratch memory for absorbed_attention: the packed query, per-split partial outputs and
-/// per-thread tiles, in one 64-byte aligned block. Reserve it once for the largest call
-/// (`reserve(M, kv_lora, rope, threads)`); later calls that fit allocate nothing. A call with a
-/// workspace that is too small grows it (one allocation). Not shareable between concurrent calls.
-class AbsorbedAttentionWorkspace {
- public:
-  AbsorbedAttentionWorkspace() = default;
-  AbsorbedAttentionWorkspace(Index rows, Index kv_lora, Index rope, int threads) {
-    reserve(rows, kv_lora, rope, threads);
-  }
-
-  /// Ensures room for M = `rows` query rows, the given latent widths and `threads` threads.
-  void reserve(Index rows, Index kv_lora, Index rope, int threads) {
-    MLA_CHECK_ARG(rows >= 1 && kv_lora >= 1 && rope >= 0 && threads >= 1,
-                  "AbsorbedAttentionWorkspace::reserve: bad sizes rows=", rows, " kv_lora=", kv_lora,
-                  " rope=", rope, " threads=", threads);
-    buffer_.grow(internal::AbsorbedLayout(nullptr, rows, kv_lora, rope, threads).total);
-  }
-
-  /// Bytes currently held.
-  std::size_t bytes() const { return static_cast<std::size_t>(buffer_.size()) * sizeof(float); }
-
-  /// Start of the scratch block (for the kernel).
-  float* data() const { return buffer_.data(); }
-
- private:
-  internal::AlignedFloats buffer_;
-};
-
-/// Absorbed MLA decode attention (flash decoding; FlashMLA's decode kernel on a CPU).
-///
-/// For query row m (token m / num_heads, head m % num_heads) and the visible cache rows j
-/// (j <= cache_len - q_len + token):
-///   s_j = softmax_scale * (q_lat[m] . c_j + q_pe[m] . p_j)
-///   o_lat[m] = sum_j softmax(s)_j c_j,        lse[m] = log sum_j exp(s_j)   (if lse != nullptr)
-/// with cache row j = [c_j (kv_lora) | p_j (rope)]. Scores are rounded to float before the
-/// softmax; accumulation is in float.
-/// Shapes: q_lat [M, kv_lora], q_pe [M, rope], cache [>= cache_len rows, row_stride] (float or
-/// bfloat16), o_lat [M, kv_lora], lse [M]; M = q_len * num_heads, all row-major and contiguous.
-/// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
-/// `path` = KernelPath::kAmx (CPUs with AMX-BF16) runs a bf16 cache on the AMX tile unit, with
-/// the query and the softmax weights rounded to bf16 (output error up to ~2^-7 max|c| beyond the
-/// float kernels'; see amx_attention.hpp); a float cache runs the AVX-512 kernel for it.
-/// Throws std::invalid_argument for inconsistent shapes, null pointers or a path this CPU lacks,
-/// std::runtime_error when the OS refuses the AMX tile state.
-template <class CacheScalar>
-void absorbed_attention(const AbsorbedAttentionShape& shape, const float* q_lat, const float* q_pe,
-                        const CacheScalar* cache, float softmax_scale, float* o_lat, float* lse,
-                        AbsorbedAttentionWorkspace& ws, ThreadPool* pool = nullptr,
-                        KernelPath path = KernelPath::kAuto) {
-  static_assert(std::is_same_v<CacheScalar, float> || std::is_same_v<CacheScalar, bfloat16>,
-                "absorbed_attention: the cache holds float or mla::bfloat16");
-  shape.validate();
-  MLA_CHECK_ARG(q_lat != nullptr && cache != nullptr && o_lat != nullptr &&
-                    (q_pe != nullptr || shape.rope == 0),
-                "absorbed attention: q_lat, q_pe, cache and o_lat must not be null");
-  ws.reserve(shape.rows(), shape.kv_lora, shape.rope, num_threads(pool));
-  internal::with_mla_ops(path, [&](auto ops) {
-    internal::absorbed_attention_run<decltype(ops)>(shape, q_lat, q_pe, cache, softmax_scale,
-                                                    o_lat, lse, ws.data(), pool);
-  });
-}
-
-}  // namespace kernels
 }  // namespace mla

@@ -37,10 +37,11 @@
 
 namespace mla {
 
-/// The rows of a contiguous LatentCache as a view.
-template <class T>
-LatentRowsView<T> latent_rows(const LatentCache<T>& cache) {
-  LatentRowsView<T> v;
+namespace internal {
+/// The rows of a contiguous cache (LatentCache or Fp8LatentCache) as a view: a single block.
+template <class Cache>
+LatentRowsView<typename Cache::Element> contiguous_rows(const Cache& cache) {
+  LatentRowsView<typename Cache::Element> v;
   v.base = cache.data();
   v.row_stride = cache.row_stride();
   v.len = cache.size();
@@ -48,16 +49,17 @@ LatentRowsView<T> latent_rows(const LatentCache<T>& cache) {
   v.rope_dim = cache.rope_dim();
   return v;
 }
+}  // namespace internal
+
+/// The rows of a contiguous LatentCache as a view.
+template <class T>
+LatentRowsView<T> latent_rows(const LatentCache<T>& cache) {
+  return internal::contiguous_rows(cache);
+}
 
 /// The rows of a contiguous Fp8LatentCache as a view.
 inline LatentRowsView<Fp8Latent> latent_rows(const Fp8LatentCache& cache) {
-  LatentRowsView<Fp8Latent> v;
-  v.base = cache.data();
-  v.row_stride = cache.row_stride();
-  v.len = cache.size();
-  v.kv_lora_rank = cache.kv_lora_rank();
-  v.rope_dim = cache.rope_dim();
-  return v;
+  return internal::contiguous_rows(cache);
 }
 
 /// Thrown when a pool has fewer free blocks than asked for. It is an std::invalid_argument like

@@ -321,8 +321,8 @@ MLA_TARGET_AVX512_BEGIN
 /// - Scores: NP query panels (up to 4 x 16 rows, one zmm each per k step) x NT (up to 6) cache
 ///   rows: 24 accumulators, 4 loads and 6 broadcasts per 24 FMAs. kc = 288 (two chunks of the
 ///   576-wide row): the 4-panel query slice (72 KiB) streams from L2, which keeps up with 4 loads
-///   per 12 cycles. Smaller kc (96, 144), whose slices would fit the L1, ran slower on
-///   L2-resident data: more passes over S and more calls outweigh the L1 hits.
+///   per 12 cycles. A smaller kc (96, 144), whose slice would fit the L1, means more passes over
+///   S and more calls, which outweigh the L1 hits on L2-resident data (docs/benchmarks.md).
 /// - Output: MR (up to 6) query rows x 64 latent columns (four zmm): 24 accumulators, 4 loads of
 ///   the tile row and 6 broadcasts of P per 24 FMAs; a 64-column strip of the tile
 ///   (36 x 256 B = 9 KiB) and the P^T tile (18 KiB) stay in L1 while O streams from L2.

@@ -7,8 +7,9 @@
 // comparisons are paired and survive other load on the machine):
 //
 //   paging/<type>/L:<L>/threads:<n>     one sequence of L cached tokens
-//     contiguous_ms      kernels::absorbed_attention over a LatentCache (fp8: the paged driver
-//                        over a contiguous Fp8LatentCache, as there is no contiguous fp8 kernel)
+//     contiguous_ms      kernels::absorbed_attention over a LatentCache (fp8: the decode engine
+//                        over a contiguous Fp8LatentCache's rows; every variant but blockwise is
+//                        the same engine over another rows view)
 //     paged_ms           kernels::paged_absorbed_attention over a PagedLatentCache, 64-token
 //                        blocks scattered over the pool (a shuffled free list)
 //     in_order_ms        the same with the blocks adjacent (a fresh pool)

@@ -74,7 +74,6 @@
 #include "mla/core/threading.hpp"
 #include "mla/layers/workspace.hpp"
 #include "mla/kernels/decode_engine.hpp"
-#include "mla/kernels/gqa_attention.hpp"
 #include "mla/layers/gqa.hpp"
 #include "mla/layers/mla.hpp"
 #include "mla/presets.hpp"
@@ -377,7 +376,7 @@ struct KvCoreFixture : Fixture {
   mla::KvCache<T> cache;
   mla::kernels::GqaAttentionShape shape;
   std::vector<float> q, k_new, v_new, out;
-  std::map<int, mla::kernels::GqaAttentionWorkspace> ws;
+  std::map<int, mla::kernels::DecodeWorkspace> ws;
   float scale = 1;
 };
 
@@ -490,7 +489,7 @@ struct LatentCoreFixture : Fixture {
   mla::LatentCache<T> cache;
   mla::kernels::AbsorbedAttentionShape shape;
   std::vector<float> row_new, q_lat, q_pe, q_nope, o_lat, heads, widened;
-  std::map<int, mla::kernels::AbsorbedAttentionWorkspace> ws;
+  std::map<int, mla::kernels::DecodeWorkspace> ws;
   std::map<int, std::vector<mla::Matrix<float>>> naive_scratch;
   float scale = 1;
 };

@@ -26,7 +26,6 @@
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
 #include "mla/kernels/decode_engine.hpp"
-#include "mla/kernels/gqa_attention.hpp"
 #include "mla/reference/attention.hpp"
 
 namespace {
@@ -86,7 +85,7 @@ void BM_AbsorbedAttention(benchmark::State& state, mla::kernels::KernelPath path
   const auto cache = random_vector<T>(std::size_t(len * shape.row_stride), 3);
   std::vector<float> out(std::size_t(kHeads * kKvLora)), lse(kHeads);
   mla::ThreadPool pool(threads);
-  mla::kernels::AbsorbedAttentionWorkspace ws(kHeads, kKvLora, kRope, threads);
+  mla::kernels::DecodeWorkspace ws(kHeads, kKvLora, kRope, threads);
   const float scale = 1.0f / std::sqrt(192.0f);
   for (auto _ : state) {
     mla::kernels::absorbed_attention(shape, q_lat.data(), q_pe.data(), cache.data(), scale,
@@ -172,7 +171,7 @@ void BM_GqaAttention(benchmark::State& state) {
   const auto v = random_vector<T>(std::size_t(shape.num_kv_heads * shape.v_head_stride), 3);
   std::vector<float> out(std::size_t(shape.q_len * shape.num_heads * shape.v_dim));
   mla::ThreadPool pool(threads);
-  mla::kernels::GqaAttentionWorkspace ws(shape, threads);
+  mla::kernels::DecodeWorkspace ws(shape, threads);
   for (auto _ : state) {
     mla::kernels::gqa_attention(shape, q.data(), k.data(), v.data(), 0.088f, out.data(), nullptr,
                                 ws, &pool);

@@ -160,8 +160,8 @@ struct Query {
 /// One contiguous decode through the public kernel (fp8: the driver on the contiguous view).
 template <class T>
 void contiguous_decode(const typename Contiguous<T>::type& cache, Query& q,
-                       mla::kernels::AbsorbedAttentionWorkspace& kws,
-                       mla::kernels::BatchedAbsorbedWorkspace& bws, mla::ThreadPool* pool) {
+                       mla::kernels::DecodeWorkspace& kws,
+                       mla::kernels::DecodeWorkspace& bws, mla::ThreadPool* pool) {
   const float scale = float(v3().softmax_scale());
   const Index H = v3().num_attention_heads;
   if constexpr (std::is_same_v<T, mla::Fp8Latent>) {
@@ -228,8 +228,8 @@ struct PagingFixture : PagingFixtureBase {
   typename Contiguous<T>::type contiguous;
   std::unique_ptr<mla::LatentBlockPool<T>> scattered, fresh;
   mla::PagedLatentCache<T> paged, in_order;
-  mla::kernels::AbsorbedAttentionWorkspace kws;
-  mla::kernels::BatchedAbsorbedWorkspace bws;
+  mla::kernels::DecodeWorkspace kws;
+  mla::kernels::DecodeWorkspace bws;
   mla::test_support::BlockwiseAbsorbedWorkspace blw;
 };
 
@@ -356,8 +356,8 @@ struct BatchedFixture : BatchedFixtureBase {
   std::vector<mla::PagedLatentCache<T>> paged;
   std::vector<typename Contiguous<T>::type> contiguous;
   std::vector<mla::kernels::DecodeSequence<T>> seqs;
-  mla::kernels::BatchedAbsorbedWorkspace bws, sws;
-  mla::kernels::AbsorbedAttentionWorkspace kws;
+  mla::kernels::DecodeWorkspace bws, sws;
+  mla::kernels::DecodeWorkspace kws;
 };
 
 std::unique_ptr<BatchedFixtureBase> make_batched(CacheType t, Index B) {

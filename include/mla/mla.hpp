@@ -13,7 +13,6 @@
 #include "mla/core/isa.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/kernels/decode_engine.hpp"
-#include "mla/kernels/gqa_attention.hpp"
 #include "mla/ops/linear.hpp"
 #include "mla/ops/rmsnorm.hpp"
 #include "mla/ops/rope.hpp"

@@ -252,7 +252,7 @@ TEST(Fp8LatentCache, DecodeMatchesReferenceOnDequantisedRows) {
     std::vector<float> ref(std::size_t(m * c.R)), ref_lse(static_cast<std::size_t>(m));
     reference::absorbed_attention(sh, q_lat.data(), q_pe.data(), deq.data(), scale, ref.data(),
                                   ref_lse.data());
-    kernels::BatchedAbsorbedWorkspace ws;
+    kernels::DecodeWorkspace ws;
     test_support::BlockwiseAbsorbedWorkspace bws;
     for (ThreadPool* pool_ptr : {static_cast<ThreadPool*>(nullptr), &pool2})
       for (kernels::KernelPath path : kernels::available_paths())

@@ -248,7 +248,7 @@ void check_paged(const Case& c, float scale, ThreadPool* pool2, unsigned seed) {
     const std::string what = ::testing::PrintToString(
         std::vector<Index>{c.q_len, c.heads, c.kv_lora, c.rope, c.len, c.block, in_order});
     ThreadPool* pools[] = {nullptr, pool2};
-    kernels::BatchedAbsorbedWorkspace ws;
+    kernels::DecodeWorkspace ws;
     for (KernelPath path : mla::kernels::available_paths())
       for (ThreadPool* pool : pools) {
         std::vector<float> out(ref.size(), NAN), lse(std::size_t(m), NAN);
@@ -266,7 +266,7 @@ void check_paged(const Case& c, float scale, ThreadPool* pool2, unsigned seed) {
     // The contiguous fast kernel over the same rows: the same math, so the same numbers to
     // float rounding.
     std::vector<float> fast(ref.size());
-    kernels::AbsorbedAttentionWorkspace kws;
+    kernels::DecodeWorkspace kws;
     kernels::absorbed_attention(shape, f.q_lat.data(), f.q_pe.data(), f.contiguous.data(), scale,
                                 fast.data(), nullptr, kws, pool2);
     std::vector<float> paged(ref.size());
@@ -324,7 +324,7 @@ TEST(PagedAbsorbedAttention, RejectsBadInput) {
   const std::vector<float> rows = random_values(6 * 10, 3);
   cache.append(rows.data(), 10, 6);
   std::vector<float> q(4 * 8, 0.5f), qp(4 * 2, 0.5f), out(4 * 8);
-  kernels::BatchedAbsorbedWorkspace ws;
+  kernels::DecodeWorkspace ws;
   // More new tokens than cache rows.
   EXPECT_THROW(kernels::paged_absorbed_attention(7, 1, q.data(), qp.data(), cache.rows(), 1.0f,
                                                  out.data(), nullptr, ws),
@@ -358,7 +358,7 @@ TEST(PagedAbsorbedAttention, NoHeapAllocationAfterWarmUp) {
   const Case c{1, 128, 512, 64, 300, 64};
   PagedFixture<float> f(c, false, 5);
   ThreadPool pool2(2);
-  kernels::BatchedAbsorbedWorkspace ws;
+  kernels::DecodeWorkspace ws;
   std::vector<float> out(std::size_t(128 * 512)), lse(128);
   for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool2}) {
     kernels::paged_absorbed_attention(1, 128, f.q_lat.data(), f.q_pe.data(), f.cache.rows(), 0.1f,

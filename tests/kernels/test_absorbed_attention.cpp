@@ -27,7 +27,7 @@ namespace {
 using mla::Index;
 using mla::bfloat16;
 using mla::kernels::AbsorbedAttentionShape;
-using mla::kernels::AbsorbedAttentionWorkspace;
+using mla::kernels::DecodeWorkspace;
 using mla::kernels::KernelPath;
 
 struct Inputs {
@@ -95,7 +95,7 @@ void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol
   mla::reference::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), cache_of<T>(in),
                                      scale, ref.data(), ref_lse.data());
   mla::ThreadPool pool1(1);
-  AbsorbedAttentionWorkspace ws;
+  DecodeWorkspace ws;
   for (KernelPath path : mla::kernels::available_paths()) {
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, pool2}) {
       std::vector<float> out(ref.size(), NAN), lse(std::size_t(m), NAN);
@@ -174,7 +174,7 @@ TEST(AbsorbedAttention, IdenticalScoresGiveTheMeanRow) {
   mla::ThreadPool pool2(2);
   for (KernelPath path : mla::kernels::available_paths())
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
-      AbsorbedAttentionWorkspace ws;
+      DecodeWorkspace ws;
       std::vector<float> out(std::size_t(q_len * heads * kv_lora)), lse(std::size_t(q_len * heads));
       mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(),
                                        1.0f, out.data(), lse.data(), ws, pool, path);
@@ -198,7 +198,7 @@ TEST(AbsorbedAttention, OnlyVisibleRowsMatter) {
   Inputs b = a;
   const Index row = len - 1;  // visible only to the last token
   for (Index k = 0; k < 26; ++k) b.cache_f[std::size_t(row * b.shape.row_stride + k)] = 1e3f;
-  AbsorbedAttentionWorkspace ws;
+  DecodeWorkspace ws;
   std::vector<float> oa(std::size_t(q_len * heads * 20)), ob(oa.size());
   mla::kernels::absorbed_attention(a.shape, a.q_lat.data(), a.q_pe.data(), a.cache_f.data(), 0.5f,
                                    oa.data(), nullptr, ws);
@@ -217,7 +217,7 @@ TEST(AbsorbedAttention, OnlyVisibleRowsMatter) {
 TEST(AbsorbedAttention, NoAllocationWithReservedWorkspace) {
   mla::ThreadPool pool2(2);
   const Inputs in = make_inputs(1, 128, 512, 64, 200, 0, 5);
-  AbsorbedAttentionWorkspace ws(128, 512, 64, 2);
+  DecodeWorkspace ws(128, 512, 64, 2);
   const std::size_t bytes = ws.bytes();
   std::vector<float> out(std::size_t(128 * 512)), lse(128);
   for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
@@ -234,7 +234,7 @@ TEST(AbsorbedAttention, NoAllocationWithReservedWorkspace) {
   }
   EXPECT_EQ(ws.bytes(), bytes);
   // A workspace that is too small grows on the call, to what the call's plan needs.
-  AbsorbedAttentionWorkspace small(1, 20, 6, 1);
+  DecodeWorkspace small(1, 20, 6, 1);
   const std::size_t small_bytes = small.bytes();
   g_allocs = 0;
   g_count_allocs = true;
@@ -249,7 +249,7 @@ TEST(AbsorbedAttention, NoAllocationWithReservedWorkspace) {
 
 TEST(AbsorbedAttention, RejectsBadShapes) {
   const Inputs in = make_inputs(1, 2, 20, 6, 10, 0, 3);
-  AbsorbedAttentionWorkspace ws;
+  DecodeWorkspace ws;
   std::vector<float> out(40);
   auto call = [&](AbsorbedAttentionShape s) {
     mla::kernels::absorbed_attention(s, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(), 1.0f,
@@ -282,7 +282,7 @@ TEST(AbsorbedAttention, RejectsBadShapes) {
 
 TEST(AbsorbedAttention, RefusesAPathTheCpuLacks) {
   const Inputs in = make_inputs(1, 2, 20, 6, 10, 0, 3);
-  AbsorbedAttentionWorkspace ws;
+  DecodeWorkspace ws;
   std::vector<float> out(40);
   for (KernelPath path : {KernelPath::kAvx2, KernelPath::kAvx512, KernelPath::kAmx}) {
     auto call = [&] {
@@ -302,7 +302,7 @@ TEST(AbsorbedAttention, RefusesAPathTheCpuLacks) {
 template <class Check>
 void for_each_amx_run(const Inputs& in, float scale, Check&& check) {
   mla::ThreadPool pool1(1), pool2(2);
-  AbsorbedAttentionWorkspace ws;
+  DecodeWorkspace ws;
   const Index m = in.shape.rows();
   for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, &pool2}) {
     std::vector<float> out(std::size_t(m * in.shape.kv_lora), NAN), lse(std::size_t(m), NAN);
@@ -427,7 +427,7 @@ TEST(AbsorbedAttentionAmx, FloatCacheRunsTheAvx512Path) {
   if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   // kAmx changes only bf16 caches: a float cache gives the AVX-512 result bit for bit.
   const Inputs in = make_inputs(1, 128, 512, 64, 300, 0, 21);
-  AbsorbedAttentionWorkspace ws;
+  DecodeWorkspace ws;
   std::vector<float> a(std::size_t(128 * 512)), b(a.size());
   mla::kernels::absorbed_attention(in.shape, in.q_lat.data(), in.q_pe.data(), in.cache_f.data(), 0.07f,
                                    a.data(), nullptr, ws, nullptr, KernelPath::kAmx);
@@ -440,7 +440,7 @@ TEST(AbsorbedAttentionAmx, NoAllocationWithReservedWorkspace) {
   if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   mla::ThreadPool pool2(2);
   const Inputs in = make_inputs(1, 128, 512, 64, 700, 0, 5);
-  AbsorbedAttentionWorkspace ws(128, 512, 64, 2);
+  DecodeWorkspace ws(128, 512, 64, 2);
   const std::size_t bytes = ws.bytes();
   std::vector<float> out(std::size_t(128 * 512)), lse(128);
   // The first call may ask the OS for the tile state; count from the second.
@@ -507,7 +507,7 @@ void check_nan_in_new_row(Index heads, Index q_len, Index cache_len, Index kv_lo
   std::vector<float> ref(std::size_t(m * R));
   mla::reference::absorbed_attention(clean.shape, clean.q_lat.data(), clean.q_pe.data(),
                                      cache_of<T>(clean), 0.2f, ref.data(), nullptr);
-  AbsorbedAttentionWorkspace ws;
+  DecodeWorkspace ws;
   for (Index token = 0; token < q_len; ++token) {
     for (Index column : {Index(1), R + rope / 2}) {
       Inputs in = clean;

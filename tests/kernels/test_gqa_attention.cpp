@@ -3,7 +3,7 @@
 // boundaries, head widths that are not multiples of the SIMD width, float and bf16 caches, 1 and 2
 // threads, the AVX2 and the forced portable path; plus huge logits, identical scores, padded head
 // strides, argument checks and a count of heap allocations per call.
-#include "mla/kernels/gqa_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 
 #include <gtest/gtest.h>
 
@@ -27,7 +27,7 @@ namespace {
 using mla::Index;
 using mla::bfloat16;
 using mla::kernels::GqaAttentionShape;
-using mla::kernels::GqaAttentionWorkspace;
+using mla::kernels::DecodeWorkspace;
 using mla::kernels::KernelPath;
 
 struct Inputs {
@@ -103,7 +103,7 @@ void check_case(const Inputs& in, float scale, mla::ThreadPool* pool2, float tol
   mla::reference::gqa_attention(s, in.q.data(), Cache<T>::k(in), Cache<T>::v(in), scale, ref.data(),
                                 ref_lse.data());
   mla::ThreadPool pool1(1);
-  GqaAttentionWorkspace ws;
+  DecodeWorkspace ws;
   for (KernelPath path : mla::kernels::available_paths()) {
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, pool2}) {
       std::vector<float> out(ref.size(), NAN), lse(rows, NAN);
@@ -164,7 +164,7 @@ TEST(GqaAttention, IdenticalScoresGiveTheMeanRow) {
   mla::ThreadPool pool2(2);
   for (KernelPath path : mla::kernels::available_paths())
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2}) {
-      GqaAttentionWorkspace ws;
+      DecodeWorkspace ws;
       std::vector<float> out(std::size_t(q_len * heads * dim)), lse(std::size_t(q_len * heads));
       mla::kernels::gqa_attention(in.shape, in.q.data(), in.k_f.data(), in.v_f.data(), 1.0f,
                                   out.data(), lse.data(), ws, pool, path);
@@ -187,7 +187,7 @@ TEST(GqaAttention, IdenticalScoresGiveTheMeanRow) {
 TEST(GqaAttention, NoAllocationWithReservedWorkspace) {
   mla::ThreadPool pool2(2);
   const Inputs in = make_inputs(2, 6, 3, 128, 128, 500, 0, 5);
-  GqaAttentionWorkspace ws(in.shape, 2);
+  DecodeWorkspace ws(in.shape, 2);
   const std::size_t bytes = ws.bytes();
   std::vector<float> out(std::size_t(2 * 6 * 128)), lse(12);
   for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool2})
@@ -206,7 +206,7 @@ TEST(GqaAttention, NoAllocationWithReservedWorkspace) {
 
 TEST(GqaAttention, RejectsBadShapes) {
   const Inputs in = make_inputs(1, 4, 2, 8, 8, 10, 0, 3);
-  GqaAttentionWorkspace ws;
+  DecodeWorkspace ws;
   std::vector<float> out(32);
   auto call = [&](GqaAttentionShape s) {
     mla::kernels::gqa_attention(s, in.q.data(), in.k_f.data(), in.v_f.data(), 1.0f, out.data(),
@@ -235,7 +235,7 @@ TEST(GqaAttention, RejectsBadShapes) {
 template <class Check>
 void for_each_amx_run(const Inputs& in, float scale, Check&& check) {
   mla::ThreadPool pool1(1), pool2(2);
-  GqaAttentionWorkspace ws;
+  DecodeWorkspace ws;
   const std::size_t rows = std::size_t(in.shape.q_len * in.shape.num_heads);
   for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), &pool1, &pool2}) {
     std::vector<float> out(rows * std::size_t(in.shape.v_dim), NAN), lse(rows, NAN);
@@ -325,7 +325,7 @@ TEST(GqaAttentionAmx, FloatCacheAndNoAllocation) {
   if (!mla::kernels::path_available(KernelPath::kAmx)) GTEST_SKIP() << "no AMX-BF16 on this CPU";
   mla::ThreadPool pool2(2);
   const Inputs in = make_inputs(2, 16, 2, 128, 128, 700, 0, 9);
-  GqaAttentionWorkspace ws(in.shape, 2);
+  DecodeWorkspace ws(in.shape, 2);
   const std::size_t bytes = ws.bytes();
   std::vector<float> a(std::size_t(2 * 16 * 128)), b(a.size()), lse(32);
   // kAmx leaves a float cache to the AVX2 kernels: the same result bit for bit.

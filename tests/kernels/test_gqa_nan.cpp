@@ -6,7 +6,7 @@
 // row-streaming (group * q_len < 6) and the packed form, one and two threads (split-KV beside
 // the causal-triangle task; kv heads that do and do not share out evenly), cache lengths that put
 // the first new token on tile edges of both forms and of the AMX chunks, a NaN at every t.
-#include "mla/kernels/gqa_attention.hpp"
+#include "mla/kernels/decode_engine.hpp"
 
 #include <gtest/gtest.h>
 
@@ -28,7 +28,7 @@ namespace {
 using mla::Index;
 using mla::bfloat16;
 using mla::kernels::GqaAttentionShape;
-using mla::kernels::GqaAttentionWorkspace;
+using mla::kernels::DecodeWorkspace;
 using mla::kernels::KernelPath;
 
 constexpr float kScale = 0.3f;
@@ -66,7 +66,7 @@ Case<T> make_case(Index q_len, Index heads, Index kv_heads, Index head_dim, Inde
 
 template <class T>
 std::vector<float> run(const Case<T>& c, KernelPath path, mla::ThreadPool* pool,
-                       GqaAttentionWorkspace& ws) {
+                       DecodeWorkspace& ws) {
   std::vector<float> out(std::size_t(c.shape.q_len * c.shape.num_heads * c.shape.v_dim), 7.0f);
   mla::kernels::gqa_attention(c.shape, c.q.data(), c.k.data(), c.v.data(), kScale, out.data(),
                               nullptr, ws, pool, path);
@@ -89,7 +89,7 @@ void check_layout(Index group, Index q_len, Index kv_heads, Index bulk, mla::Thr
   std::vector<float> ref(std::size_t(q_len * heads * v_dim));
   mla::reference::gqa_attention(s, clean.q.data(), clean.k.data(), clean.v.data(), kScale,
                                 ref.data());
-  GqaAttentionWorkspace ws;
+  DecodeWorkspace ws;
   for (KernelPath path : paths_for(std::is_same_v<T, bfloat16>)) {
     for (mla::ThreadPool* pool : {static_cast<mla::ThreadPool*>(nullptr), pool2}) {
       const std::vector<float> base = run(clean, path, pool, ws);

@@ -102,8 +102,8 @@ void check_batch(const std::vector<Index>& lens, const std::vector<Index>& q_len
   Batch<T> batch(heads, R, P, lens, q_lens, block, seed);
   const float scale = 0.2f;
   ThreadPool pool2(2);
-  kernels::BatchedAbsorbedWorkspace ws;
-  kernels::AbsorbedAttentionWorkspace kws;
+  kernels::DecodeWorkspace ws;
+  kernels::DecodeWorkspace kws;
   for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool2})
     for (BatchedDecodeOptions opt : {BatchedDecodeOptions{1, 128}, BatchedDecodeOptions{3, 8}}) {
       kernels::batched_absorbed_attention(heads, batch.seqs.data(), Index(batch.seqs.size()),
@@ -153,7 +153,7 @@ TEST(BatchedAbsorbedAttention, OneLongSequenceIsSplitAcrossThreads) {
   // long sequence cut between them and merged (FlashMLA's balanced split).
   Batch<float> batch(4, 16, 4, {2000, 10, 20, 30}, {1, 1, 1, 1}, 64, 5);
   ThreadPool pool2(2);
-  kernels::BatchedAbsorbedWorkspace ws;
+  kernels::DecodeWorkspace ws;
   kernels::batched_absorbed_attention(4, batch.seqs.data(), 4, 0.3f, ws, &pool2, {1, 128});
   const kernels::DecodePlan& plan = ws.plan();
   ASSERT_EQ(plan.num_parts(), 2);
@@ -181,7 +181,7 @@ TEST(BatchedAbsorbedAttention, OneLongSequenceIsSplitAcrossThreads) {
 TEST(BatchedAbsorbedAttention, NoHeapAllocationAfterWarmUp) {
   Batch<bfloat16> batch(16, 64, 16, {500, 33, 1200, 7}, {1, 2, 1, 1}, 64, 6);
   ThreadPool pool2(2);
-  kernels::BatchedAbsorbedWorkspace ws;
+  kernels::DecodeWorkspace ws;
   for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &pool2}) {
     kernels::batched_absorbed_attention(16, batch.seqs.data(), 4, 0.3f, ws, pool);
     g_allocs = 0;

@@ -209,13 +209,13 @@ TEST(Concurrency, SharedThreadPoolSerialisesKernelCalls) {
     q_lat.push_back(rng.normal<float>(shape.num_heads, shape.kv_lora));
     q_pe.push_back(rng.normal<float>(shape.num_heads, shape.rope));
     expected.emplace_back(shape.num_heads, shape.kv_lora);
-    kernels::AbsorbedAttentionWorkspace ws;
+    kernels::DecodeWorkspace ws;
     kernels::absorbed_attention(shape, q_lat[i].data(), q_pe[i].data(), cache.data(), 0.125f,
                                 expected[i].data(), nullptr, ws, &pool);
   }
   std::vector<Matrix<float>> got(kThreads, Matrix<float>(shape.num_heads, shape.kv_lora));
   run_concurrently(kThreads, [&](int i) {
-    kernels::AbsorbedAttentionWorkspace ws;
+    kernels::DecodeWorkspace ws;
     for (int rep = 0; rep < 3; ++rep)
       kernels::absorbed_attention(shape, q_lat[i].data(), q_pe[i].data(), cache.data(), 0.125f,
                                   got[i].data(), nullptr, ws, &pool);

@@ -16,7 +16,6 @@
 
 #include "mla/core/threading.hpp"
 #include "mla/kernels/decode_engine.hpp"
-#include "mla/kernels/gqa_attention.hpp"
 #include "mla/layers/gqa.hpp"
 #include "mla/layers/mla.hpp"
 #include "mla/presets.hpp"
@@ -87,7 +86,7 @@ TEST(Determinism, AbsorbedKernelAcrossThreadCounts) {
           "absorbed L=" + std::to_string(cache_len) + (bf16 ? " bf16" : " float"),
           [&](ThreadPool* pool) {
             Matrix<float> out(shape.rows(), shape.kv_lora);
-            kernels::AbsorbedAttentionWorkspace ws;
+            kernels::DecodeWorkspace ws;
             if (bf16)
               kernels::absorbed_attention(shape, q_lat.data(), q_pe.data(), cache_b.data(), 0.07f,
                                           out.data(), nullptr, ws, pool);
@@ -121,7 +120,7 @@ TEST(Determinism, GqaKernelAcrossThreadCounts) {
         "gqa kv_heads=" + std::to_string(kv_heads),
         [&](ThreadPool* pool) {
           Matrix<float> out(shape.q_len * shape.num_heads, shape.v_dim);
-          kernels::GqaAttentionWorkspace ws;
+          kernels::DecodeWorkspace ws;
           kernels::gqa_attention(shape, q.data(), k.data(), v.data(), 0.088f, out.data(), nullptr,
                                  ws, pool);
           return out;

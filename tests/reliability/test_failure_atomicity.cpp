@@ -106,7 +106,7 @@ bool kernels_reject(KernelPath path) {
   shape.cache_len = 1;
   const float q[8] = {}, k[8] = {};
   float out[8];
-  kernels::GqaAttentionWorkspace ws;
+  kernels::DecodeWorkspace ws;
   try {
     kernels::gqa_attention(shape, q, k, k, 1.0f, out, nullptr, ws, nullptr, path);
   } catch (const std::exception&) {

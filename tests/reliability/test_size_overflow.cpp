@@ -226,7 +226,7 @@ TEST(SizeOverflow, BatchedPlanQueryRowsAndWork) {
   s.cache.len = Index{1} << 40;
   s.cache.kv_lora_rank = 16;
   s.cache.rope_dim = 4;
-  kernels::BatchedAbsorbedWorkspace ws;
+  kernels::DecodeWorkspace ws;
   std::string msg = invalid_argument_of(
       [&] { kernels::batched_absorbed_attention(Index{1} << 30, &s, 1, 1.0f, ws); });
   EXPECT_HAS(msg, "q_len * num_heads = 1099511627776 * 1073741824 overflows");

@@ -19,7 +19,7 @@ namespace mla {
 namespace test_support {
 
 using kernels::AbsorbedAttentionShape;
-using kernels::AbsorbedAttentionWorkspace;
+using kernels::DecodeWorkspace;
 
 /// Scratch of paged_absorbed_attention_blockwise(): per thread a kernel workspace, the block's
 /// result, a running merged result and a float tile for dequantised blocks.
@@ -32,7 +32,7 @@ class BlockwiseAbsorbedWorkspace {
     per_thread_ = layout(nullptr, rows, kv_lora, rope, block_rows);
     buffer_.grow(per_thread_ * threads);
   }
-  AbsorbedAttentionWorkspace& kernel_ws(int thread) { return kernel_ws_[std::size_t(thread)]; }
+  DecodeWorkspace& kernel_ws(int thread) { return kernel_ws_[std::size_t(thread)]; }
   /// Thread t's regions: block result o_b [M, R], lse_b [M], running o_acc [M, R], lse_acc [M],
   /// float tile [block_rows, R + P].
   struct Regions {
@@ -59,7 +59,7 @@ class BlockwiseAbsorbedWorkspace {
     a.take(block_rows * (kv_lora + rope));
     return a.used();
   }
-  std::vector<AbsorbedAttentionWorkspace> kernel_ws_;
+  std::vector<DecodeWorkspace> kernel_ws_;
   internal::AlignedFloats buffer_;
   Index per_thread_ = 0;
 };
@@ -120,7 +120,7 @@ void paged_absorbed_attention_blockwise(Index q_len, Index num_heads, const floa
   // (whichever thread runs it), so the result does not depend on the scheduling.
   parallel_for(pool, Index(threads), [&](Index task, int) {
     auto own = ws.regions(int(task), M, R, P, bs);
-    AbsorbedAttentionWorkspace& kws = ws.kernel_ws(int(task));
+    DecodeWorkspace& kws = ws.kernel_ws(int(task));
     std::fill(own.lse_acc, own.lse_acc + M, neg_inf);
     const Index b_begin = blocks * task / threads, b_end = blocks * (task + 1) / threads;
     for (Index blk = b_begin; blk < b_end; ++blk) {

@@ -45,6 +45,7 @@
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
 #include "mla/kernels/decode_common.hpp"
+#include "mla/kernels/gqa_tiles.hpp"
 #include "mla/kernels/latent_rows.hpp"
 #include "mla/kernels/mla_tiles.hpp"
 
@@ -61,6 +62,25 @@ struct DecodeSequence {
   float* o_lat = nullptr;        ///< [q_len * num_heads, kv_lora]  output
   float* lse = nullptr;          ///< [q_len * num_heads] natural-log LSE of the scores, or null
 };
+
+/// One sequence of an MHA / GQA decode step over a head-major cache (kv head g's K rows at
+/// k + g * k_head_stride, its V rows at v + g * v_head_stride; float or bfloat16).
+template <class T>
+struct GqaDecodeSequence {
+  Index q_len = 1;          ///< new tokens: the last q_len of the len rows
+  const float* q = nullptr; ///< [q_len, num_heads, head_dim]
+  const T* k = nullptr;     ///< [num_kv_heads][>= len rows][head_dim]
+  const T* v = nullptr;     ///< [num_kv_heads][>= len rows][v_dim]
+  Index k_head_stride = 0;  ///< elements between kv heads' K (>= len * head_dim unless 1 kv head)
+  Index v_head_stride = 0;  ///< elements between kv heads' V (>= len * v_dim unless 1 kv head)
+  Index len = 0;            ///< valid rows per kv head, new tokens included
+  float* out = nullptr;     ///< [q_len, num_heads, v_dim]
+  float* lse = nullptr;     ///< [q_len, num_heads] natural-log LSE of the scores, or null
+};
+
+/// What a plan schedules: absorbed MLA (one latent KV head, V = the first kv_lora values of K)
+/// or MHA / GQA (num_kv_heads heads with their own K and V rows).
+enum class DecodeKind { kMlaAbsorbed, kGqa };
 
 /// Scheduling knobs of a decode plan.
 struct BatchedDecodeOptions {
@@ -84,11 +104,13 @@ struct BatchedDecodeOptions {
 
 namespace internal {
 
-/// Query rows [m0, m0 + mc) of sequence `seq` over its first `len` cache rows (those its last
-/// token sees), cut into `num_pieces` consecutive pieces. Offsets are floats into the workspace,
-/// used when num_pieces > 1: the packed query shared by the pieces and their partials.
+/// Query rows [m0, m0 + mc) of kv head `head` of sequence `seq` over its first `len` cache rows
+/// (those its last token sees), cut into `num_pieces` consecutive pieces, never across row
+/// `cut` (GQA: the start of the causal triangle; MLA: len). Offsets are floats into the
+/// workspace, used when num_pieces > 1: the packed query shared by the pieces (MLA) and their
+/// partials.
 struct DecodeUnit {
-  Index seq = 0, m0 = 0, mc = 0, len = 0;
+  Index seq = 0, head = 0, m0 = 0, mc = 0, len = 0, cut = 0;
   Index first_piece = 0, num_pieces = 0;
   Index q_packed = 0;  // [ceil(mc / 16)][K][16] (AMX form: amx_pack_query's layout)
   Index part_o = 0;    // [num_pieces][mc][o_stride]
@@ -134,6 +156,20 @@ struct DecodeScratch {
   }
 };
 
+/// Per-thread scratch of a GQA decode run: the forms' own scratch (GqaLayout) and the partial of
+/// a piece that covers a whole unit.
+struct GqaDecodeScratch {
+  float *form = nullptr, *o = nullptr, *run_max = nullptr, *run_sum = nullptr;
+  Index lay_out(float* base, Index form_floats, Index g_rows, Index o_stride) {
+    FloatArena a(base);
+    form = a.take(form_floats);
+    o = a.take(g_rows * o_stride);
+    run_max = a.take(g_rows);
+    run_sum = a.take(g_rows);
+    return a.used();
+  }
+};
+
 }  // namespace internal
 
 namespace kernels {
@@ -150,9 +186,43 @@ class DecodePlan {
   /// values, and runs on `threads` threads. Throws std::invalid_argument for bad sizes.
   void plan(Index num_heads, Index kv_lora_rank, Index rope_dim, const Index* q_lens,
             const Index* lens, Index batch, int threads, BatchedDecodeOptions options = {}) {
-    plan_with(num_heads, kv_lora_rank, rope_dim, batch, threads, options,
+    plan_with(DecodeKind::kMlaAbsorbed, num_heads, 1, kv_lora_rank + rope_dim, kv_lora_rank,
+              batch, threads, options, [&](Index b) { return q_lens[b]; },
+              [&](Index b) { return lens[b]; });
+  }
+  /// Plans an MHA / GQA step: `num_heads` query heads over `num_kv_heads` kv heads (dividing
+  /// it) with K rows of head_dim and V rows of v_dim values; sequence b has q_lens[b] new tokens
+  /// and lens[b] rows per kv head. A unit is one kv head of one sequence with all its
+  /// group * q_len query rows; its causal triangle (the last q_len - 1 rows) is a piece of its own.
+  void plan_gqa(Index num_heads, Index num_kv_heads, Index head_dim, Index v_dim,
+                const Index* q_lens, const Index* lens, Index batch, int threads,
+                BatchedDecodeOptions options = {}) {
+    plan_with(DecodeKind::kGqa, num_heads, num_kv_heads, head_dim, v_dim, batch, threads, options,
               [&](Index b) { return q_lens[b]; }, [&](Index b) { return lens[b]; });
   }
+  /// plan_gqa() from the sequences' shapes as they are now.
+  template <class T>
+  void plan_gqa(Index num_heads, Index num_kv_heads, Index head_dim, Index v_dim,
+                const GqaDecodeSequence<T>* seqs, Index batch, int threads,
+                BatchedDecodeOptions options = {}) {
+    MLA_CHECK_ARG(batch >= 0 && (batch == 0 || seqs != nullptr), "decode plan: no sequences (batch ",
+                  batch, ")");
+    plan_with(DecodeKind::kGqa, num_heads, num_kv_heads, head_dim, v_dim, batch, threads, options,
+              [&](Index b) { return seqs[b].q_len; }, [&](Index b) { return seqs[b].len; });
+  }
+  /// Whether plan_gqa(..., seqs, batch, threads, options) would make this plan again.
+  template <class T>
+  bool matches_gqa(Index num_heads, Index num_kv_heads, Index head_dim, Index v_dim,
+                   const GqaDecodeSequence<T>* seqs, Index batch, int threads,
+                   const BatchedDecodeOptions& options) const {
+    if (kind_ != DecodeKind::kGqa || num_kv_heads != num_kv_heads_ || head_dim != head_dim_ ||
+        v_dim != v_dim_ || !same_step(num_heads, batch, threads, options))
+      return false;
+    for (Index b = 0; b < batch; ++b)
+      if (seqs[b].q_len != q_len(b) || seqs[b].len != len(b)) return false;
+    return true;
+  }
+
   /// Plans the sequences' shapes as they are now (q_len, cache.len, the cache widths).
   template <class T>
   void plan(Index num_heads, const DecodeSequence<T>* seqs, Index batch, int threads,
@@ -161,8 +231,8 @@ class DecodePlan {
                   batch, ")");
     const Index R = batch > 0 ? seqs[0].cache.kv_lora_rank : 1;
     const Index P = batch > 0 ? seqs[0].cache.rope_dim : 0;
-    plan_with(num_heads, R, P, batch, threads, options, [&](Index b) { return seqs[b].q_len; },
-              [&](Index b) { return seqs[b].cache.len; });
+    plan_with(DecodeKind::kMlaAbsorbed, num_heads, 1, R + P, R, batch, threads, options,
+              [&](Index b) { return seqs[b].q_len; }, [&](Index b) { return seqs[b].cache.len; });
   }
 
   /// Whether plan(num_heads, seqs, batch, threads, options) would make this plan again (same
@@ -171,21 +241,25 @@ class DecodePlan {
   template <class T>
   bool matches(Index num_heads, const DecodeSequence<T>* seqs, Index batch, int threads,
                const BatchedDecodeOptions& options) const {
-    if (num_heads != num_heads_ || batch != this->batch() || threads != threads_ ||
-        options.parts_per_thread != options_.parts_per_thread ||
-        options.min_rows_per_part != options_.min_rows_per_part)
+    if (kind_ != DecodeKind::kMlaAbsorbed || !same_step(num_heads, batch, threads, options))
       return false;
     for (Index b = 0; b < batch; ++b)
       if (seqs[b].q_len != q_len(b) || seqs[b].cache.len != len(b) ||
-          seqs[b].cache.kv_lora_rank != kv_lora_ || seqs[b].cache.rope_dim != rope_)
+          seqs[b].cache.kv_lora_rank != kv_lora_rank() || seqs[b].cache.rope_dim != rope_dim())
         return false;
-    return batch > 0 || total_floats_ > 0;
+    return true;
   }
 
   Index batch() const { return Index(q_lens_.size()); }
+  DecodeKind kind() const { return kind_; }
   Index num_heads() const { return num_heads_; }
-  Index kv_lora_rank() const { return kv_lora_; }
-  Index rope_dim() const { return rope_; }
+  Index num_kv_heads() const { return num_kv_heads_; }
+  /// Values of a K row and of a V row (MLA: kv_lora + rope and kv_lora).
+  Index head_dim() const { return head_dim_; }
+  Index v_dim() const { return v_dim_; }
+  /// MLA widths: kv_lora_rank = v_dim, rope_dim = head_dim - v_dim.
+  Index kv_lora_rank() const { return v_dim_; }
+  Index rope_dim() const { return head_dim_ - v_dim_; }
   int threads() const { return threads_; }
   Index q_len(Index b) const { return q_lens_[std::size_t(b)]; }
   Index len(Index b) const { return lens_[std::size_t(b)]; }
@@ -236,11 +310,20 @@ class DecodePlan {
   }
 
  private:
+  bool same_step(Index num_heads, Index batch, int threads,
+                 const BatchedDecodeOptions& options) const {
+    return planned_ && num_heads == num_heads_ && batch == this->batch() && threads == threads_ &&
+           options.parts_per_thread == options_.parts_per_thread &&
+           options.min_rows_per_part == options_.min_rows_per_part;
+  }
   template <class QLen, class Len>
-  void plan_with(Index num_heads, Index R, Index P, Index batch, int threads,
-                 const BatchedDecodeOptions& options, QLen q_len_of, Len len_of);
+  void plan_with(DecodeKind kind, Index num_heads, Index num_kv_heads, Index head_dim,
+                 Index v_dim, Index batch, int threads, const BatchedDecodeOptions& options,
+                 QLen q_len_of, Len len_of);
 
-  Index num_heads_ = 0, kv_lora_ = 0, rope_ = 0;
+  bool planned_ = false;
+  DecodeKind kind_ = DecodeKind::kMlaAbsorbed;
+  Index num_heads_ = 0, num_kv_heads_ = 1, head_dim_ = 0, v_dim_ = 0;
   int threads_ = 1;
   BatchedDecodeOptions options_{};
   Index o_stride_ = 0, scratch_stride_ = 0, total_floats_ = 0;
@@ -252,18 +335,26 @@ class DecodePlan {
 };
 
 template <class QLen, class Len>
-void DecodePlan::plan_with(Index num_heads, Index R, Index P, Index batch, int threads,
+void DecodePlan::plan_with(DecodeKind kind, Index num_heads, Index num_kv_heads, Index head_dim,
+                           Index v_dim, Index batch, int threads,
                            const BatchedDecodeOptions& options, QLen q_len_of, Len len_of) {
+  const bool mla = kind == DecodeKind::kMlaAbsorbed;
   const char* what = "decode plan";
   MLA_CHECK_ARG(num_heads >= 1, what, ": num_heads must be >= 1, got ", num_heads);
-  MLA_CHECK_ARG(R >= 1 && P >= 0, what, ": kv_lora_rank (", R, ") must be >= 1 and rope_dim (", P,
-                ") >= 0");
+  if (mla) {
+    MLA_CHECK_ARG(v_dim >= 1 && head_dim >= v_dim, what, ": kv_lora_rank (", v_dim,
+                  ") must be >= 1 and rope_dim (", head_dim - v_dim, ") >= 0");
+  } else {
+    MLA_CHECK_ARG(num_kv_heads >= 1 && num_heads % num_kv_heads == 0, what, ": num_heads (",
+                  num_heads, ") is not a positive multiple of num_kv_heads (", num_kv_heads, ")");
+    MLA_CHECK_ARG(head_dim >= 1 && v_dim >= 1, what, ": head_dim (", head_dim, ") and v_dim (",
+                  v_dim, ") must be >= 1");
+  }
   MLA_CHECK_ARG(batch >= 0, what, ": batch (", batch, ") is negative");
   MLA_CHECK_ARG(threads >= 1, what, ": threads (", threads, ") must be >= 1");
   options.validate();
-  const Index K = internal::checked_add("decode plan: row width kv_lora_rank + rope_dim", {R, P});
   // Check everything before the first member changes: a failed plan() leaves the plan as it was.
-  Index work = 0;
+  Index work = 0, max_q_len = 1;
   for (Index b = 0; b < batch; ++b) {
     const Index q_len = q_len_of(b), len = len_of(b);
     MLA_CHECK_ARG(q_len >= 1, what, ", sequence ", b, ": q_len must be >= 1, got ", q_len);
@@ -271,14 +362,20 @@ void DecodePlan::plan_with(Index num_heads, Index R, Index P, Index batch, int t
                   ") must be >= q_len (", q_len, "): the new tokens are the last cache rows");
     const Index m_rows = internal::checked_mul("decode plan: query rows q_len * num_heads",
                                                {q_len, num_heads});
-    const Index passes = m_rows / internal::kMlaRowsPerPass + (m_rows % internal::kMlaRowsPerPass != 0);
+    const Index units = mla ? m_rows / internal::kMlaRowsPerPass +
+                                  (m_rows % internal::kMlaRowsPerPass != 0)
+                            : num_kv_heads;
     work = internal::checked_add("decode plan: work of the sequences so far + this one's",
-                                 {work, internal::checked_mul("decode plan: row passes * cache rows",
-                                                              {passes, len})});
+                                 {work, internal::checked_mul("decode plan: units * cache rows",
+                                                              {units, len})});
+    max_q_len = std::max(max_q_len, q_len);
   }
+  planned_ = true;
+  kind_ = kind;
   num_heads_ = num_heads;
-  kv_lora_ = R;
-  rope_ = P;
+  num_kv_heads_ = mla ? 1 : num_kv_heads;
+  head_dim_ = head_dim;
+  v_dim_ = v_dim;
   threads_ = threads;
   options_ = options;
   q_lens_.resize(std::size_t(batch));
@@ -292,20 +389,33 @@ void DecodePlan::plan_with(Index num_heads, Index R, Index P, Index batch, int t
     const Index q_len = q_len_of(b), len = len_of(b), m_rows = q_len * num_heads;
     q_lens_[std::size_t(b)] = q_len;
     lens_[std::size_t(b)] = len;
-    for (Index m0 = 0; m0 < m_rows; m0 += internal::kMlaRowsPerPass) {
-      internal::DecodeUnit u;
-      u.seq = b;
-      u.m0 = m0;
-      u.mc = std::min(internal::kMlaRowsPerPass, m_rows - m0);
-      u.len = len - q_len + 1 + (m0 + u.mc - 1) / num_heads;  // rows its last token sees
-      units_.push_back(u);
-      work += u.len;
+    internal::DecodeUnit u;
+    u.seq = b;
+    if (mla) {
+      for (Index m0 = 0; m0 < m_rows; m0 += internal::kMlaRowsPerPass) {
+        u.m0 = m0;
+        u.mc = std::min(internal::kMlaRowsPerPass, m_rows - m0);
+        u.len = len - q_len + 1 + (m0 + u.mc - 1) / num_heads;  // rows its last token sees
+        u.cut = u.len;
+        units_.push_back(u);
+        work += u.len;
+      }
+    } else {
+      for (Index g = 0; g < num_kv_heads; ++g) {
+        u.head = g;
+        u.mc = m_rows / num_kv_heads;
+        u.len = len;
+        u.cut = len - q_len + 1;  // the causal triangle after it is a piece of its own
+        units_.push_back(u);
+        work += u.len;
+      }
     }
   }
   const Index want = threads == 1 ? 1 : Index(threads) * options.parts_per_thread;
   const Index parts = std::max<Index>(1, std::min<Index>(want, work / options.min_rows_per_part));
   internal::checked_mul("decode plan: part boundaries work * parts", {work, parts});
-  // Cut [0, work) at the part boundaries work * p / parts and at the unit boundaries.
+  // Cut [0, work) at the part boundaries work * p / parts, the unit boundaries and the units'
+  // cut rows.
   Index u = 0, unit_start = 0, pos = 0;
   for (Index p = 0; p < parts; ++p) {
     part_begin_.push_back(Index(pieces_.size()));
@@ -316,7 +426,8 @@ void DecodePlan::plan_with(Index num_heads, Index R, Index P, Index batch, int t
         ++u;
       }
       internal::DecodeUnit& unit = units_[std::size_t(u)];
-      const Index end = std::min(part_end, unit_start + unit.len);
+      Index end = std::min(part_end, unit_start + unit.len);
+      if (pos < unit_start + unit.cut) end = std::min(end, unit_start + unit.cut);
       if (unit.num_pieces == 0) unit.first_piece = Index(pieces_.size());
       ++unit.num_pieces;
       pieces_.push_back({u, pos - unit_start, end - unit_start});
@@ -325,17 +436,25 @@ void DecodePlan::plan_with(Index num_heads, Index R, Index P, Index batch, int t
   }
   part_begin_.push_back(Index(pieces_.size()));
 
-  // Workspace layout: per-thread scratch, then the packed query and partials of split units.
-  o_stride_ = internal::round_up(R, 16);
-  scratch_stride_ = internal::DecodeScratch().lay_out(nullptr, K, R, o_stride_);
+  // Workspace layout: per-thread scratch, then the packed query (MLA) and partials of split
+  // units.
   internal::FloatArena arena;
+  if (mla) {
+    o_stride_ = internal::round_up(v_dim, 16);
+    scratch_stride_ = internal::DecodeScratch().lay_out(nullptr, head_dim, v_dim, o_stride_);
+  } else {
+    const internal::GqaLayout lay(max_q_len, num_heads, num_kv_heads, head_dim, v_dim);
+    o_stride_ = lay.o_stride;
+    scratch_stride_ =
+        internal::GqaDecodeScratch().lay_out(nullptr, lay.scratch_stride, lay.g_rows, o_stride_);
+  }
   arena.take(Index(threads) * scratch_stride_);
   for (Index i = 0; i < Index(units_.size()); ++i) {
     internal::DecodeUnit& unit = units_[std::size_t(i)];
     if (unit.num_pieces <= 1) continue;
     split_units_.push_back(i);
     unit.q_packed = arena.used();
-    arena.take(internal::decode_query_floats(unit.mc, K));
+    if (mla) arena.take(internal::decode_query_floats(unit.mc, head_dim));
     unit.part_o = arena.used();
     arena.take(unit.num_pieces * unit.mc * o_stride_);
     unit.part_max = arena.used();
@@ -369,6 +488,31 @@ class DecodeWorkspace {
     const Index parts = threads <= 1 ? 1 : Index(threads) * BatchedDecodeOptions{}.parts_per_thread;
     plan_.reserve(1, units, parts, units + parts);
   }
+  /// Room for MHA / GQA calls of this shape's q_len, head counts and widths on `threads`
+  /// threads (cache_len and strides do not matter).
+  DecodeWorkspace(const GqaAttentionShape& shape, int threads) { reserve(shape, threads); }
+  void reserve(const GqaAttentionShape& shape, int threads) {
+    MLA_CHECK_ARG(threads >= 1, "DecodeWorkspace::reserve: threads must be >= 1, got ", threads);
+    MLA_CHECK_ARG(shape.q_len >= 1 && shape.num_kv_heads >= 1 && shape.num_heads >= 1 &&
+                      shape.num_heads % shape.num_kv_heads == 0 && shape.head_dim >= 1 &&
+                      shape.v_dim >= 1,
+                  "DecodeWorkspace::reserve: bad shape q_len=", shape.q_len, " num_heads=",
+                  shape.num_heads, " num_kv_heads=", shape.num_kv_heads, " head_dim=",
+                  shape.head_dim, " v_dim=", shape.v_dim);
+    // Every kv head may be cut by every part boundary and once more at its causal triangle.
+    const internal::GqaLayout lay(shape.q_len, shape.num_heads, shape.num_kv_heads, shape.head_dim,
+                                  shape.v_dim);
+    const Index parts = threads <= 1 ? 1 : Index(threads) * BatchedDecodeOptions{}.parts_per_thread;
+    const Index units = shape.num_kv_heads, pieces = 2 * units + parts;
+    internal::GqaDecodeScratch sizer;
+    const Index scratch = sizer.lay_out(nullptr, lay.scratch_stride, lay.g_rows, lay.o_stride);
+    buffer_.grow(internal::checked_add(
+        "DecodeWorkspace::reserve: floats",
+        {internal::checked_mul("DecodeWorkspace::reserve: scratch", {Index(threads), scratch}),
+         internal::checked_mul("DecodeWorkspace::reserve: partials",
+                               {pieces, lay.g_rows, lay.o_stride + 2})}));
+    plan_.reserve(1, units, parts, pieces);
+  }
   /// Ensures room for `plan`.
   void reserve(const DecodePlan& plan) { buffer_.grow(plan.workspace_floats()); }
 
@@ -383,10 +527,6 @@ class DecodeWorkspace {
   DecodePlan plan_;
   internal::AlignedFloats buffer_;
 };
-
-/// The workspace of absorbed_attention() and of the batched and paged entry points.
-using AbsorbedAttentionWorkspace = DecodeWorkspace;
-using BatchedAbsorbedWorkspace = DecodeWorkspace;
 
 }  // namespace kernels
 
@@ -596,6 +736,8 @@ void run_decode(const DecodePlan& plan, const DecodeSequence<T>* seqs, Index bat
                 float softmax_scale, DecodeWorkspace& ws, ThreadPool* pool = nullptr,
                 KernelPath path = KernelPath::kAuto) {
   const char* what = "run_decode";
+  MLA_CHECK_ARG(plan.kind() == DecodeKind::kMlaAbsorbed, what,
+                ": the plan is for MHA / GQA (plan_gqa); use run_gqa_decode");
   MLA_CHECK_ARG(batch == plan.batch(), what, ": ", batch, " sequences, the plan has ",
                 plan.batch());
   MLA_CHECK_ARG(batch == 0 || seqs != nullptr, what, ": no sequences (batch ", batch, ")");
@@ -692,6 +834,169 @@ void absorbed_attention(const AbsorbedAttentionShape& shape, const float* q_lat,
   rows.rope_dim = shape.rope;
   paged_absorbed_attention(shape.q_len, shape.num_heads, q_lat, q_pe, rows, softmax_scale, o_lat,
                            lse, ws, pool, path);
+}
+
+}  // namespace kernels
+
+namespace internal {
+
+/// run_gqa_decode() with the GQA tile operations `Ops`, on workspace `base`.
+template <class Ops, class T>
+void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDecodeSequence<T>* seqs,
+                         float softmax_scale, float* base, ThreadPool* pool) {
+  const Index H = plan.num_heads(), G = plan.num_kv_heads(), group = H / G;
+  const Index v_dim = plan.v_dim(), o_stride = plan.o_stride();
+  const DecodeUnit* units = plan.units().data();
+  const DecodePiece* pieces = plan.pieces().data();
+  const Index* part_begin = plan.part_begin().data();
+  const Index* split_units = plan.split_units().data();
+  const float qscale = softmax_scale * kLog2e;
+  // Query row r of a unit (kv head g of sequence b) is token r / group, head g * group + r % group.
+  auto out_row = [&](const DecodeUnit& u, Index r) { return (r / group) * H + u.head * group + r % group; };
+  auto shape_of = [&](const kernels::GqaDecodeSequence<T>& s) {
+    kernels::GqaAttentionShape shape;
+    shape.q_len = s.q_len;
+    shape.num_heads = H;
+    shape.num_kv_heads = G;
+    shape.head_dim = plan.head_dim();
+    shape.v_dim = v_dim;
+    shape.cache_len = s.len;
+    shape.k_head_stride = s.k_head_stride;
+    shape.v_head_stride = s.v_head_stride;
+    return shape;
+  };
+  parallel_for(pool, plan.num_parts(), [&](Index part, int thread) {
+    for (Index p = part_begin[part]; p < part_begin[part + 1]; ++p) {
+      const DecodePiece& piece = pieces[p];
+      const DecodeUnit& u = units[piece.unit];
+      const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
+      const kernels::GqaAttentionShape shape = shape_of(s);
+      const GqaLayout lay(s.q_len, H, G, shape.head_dim, v_dim);
+      // The thread's scratch: the forms' part first, then a whole unit's partial.
+      GqaDecodeScratch own;
+      own.lay_out(base + Index(thread) * plan.scratch_stride(), lay.scratch_stride, u.mc, o_stride);
+      const T* kh = s.k + u.head * s.k_head_stride;
+      const T* vh = s.v + u.head * s.v_head_stride;
+      if (u.num_pieces == 1) {
+        gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
+                            own.o, own.run_max, own.run_sum);
+        for (Index r = 0; r < u.mc; ++r) {
+          const Index row = out_row(u, r);
+          const float l = combine_splits(own.o + r * o_stride, 0, own.run_max + r,
+                                         own.run_sum + r, 0, 1, v_dim, s.out + row * v_dim);
+          if (s.lse != nullptr) s.lse[row] = l;
+        }
+      } else {
+        const Index k = p - u.first_piece;
+        gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
+                            base + u.part_o + k * u.mc * o_stride, base + u.part_max + k * u.mc,
+                            base + u.part_sum + k * u.mc);
+      }
+    }
+  });
+  const Index num_split = plan.num_split_units();
+  if (num_split == 0) return;
+  const Index chunks = std::max<Index>(1, (Index(plan.threads()) * 4 + num_split - 1) / num_split);
+  parallel_for(pool, num_split * chunks, [&](Index task, int) {
+    const DecodeUnit& u = units[split_units[task / chunks]];
+    const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
+    const Index c = task % chunks, r_end = u.mc * (c + 1) / chunks;
+    for (Index r = u.mc * c / chunks; r < r_end; ++r) {
+      const Index row = out_row(u, r);
+      const float l = combine_splits(base + u.part_o + r * o_stride, u.mc * o_stride,
+                                     base + u.part_max + r, base + u.part_sum + r, u.mc,
+                                     u.num_pieces, v_dim, s.out + row * v_dim);
+      if (s.lse != nullptr) s.lse[row] = l;
+    }
+  });
+}
+
+}  // namespace internal
+
+namespace kernels {
+
+/// Runs a planned MHA / GQA step (plan_gqa): for every sequence, token t, query head h and the
+/// rows j its token sees (j <= len - q_len + t),
+///   s_j = softmax_scale q[t, h] . K[h / group, j],
+///   out[t, h] = sum_j softmax(s)_j V[h / group, j],   lse[t, h] = log sum_j exp(s_j) (if lse).
+/// Each kv head's rows are streamed once for all the query rows that read them; a row of the
+/// causal triangle enters only the arithmetic of the tokens that see it (a NaN or Inf there
+/// reaches those tokens only). `seqs` must have the shapes the plan was made for; `pool` at most
+/// its threads. Allocates nothing once `ws` holds plan.workspace_floats().
+/// Throws std::invalid_argument for shapes other than the plan's, null pointers, head strides
+/// below a head's rows or a path this CPU lacks (std::runtime_error when the OS refuses the AMX
+/// tile state); nothing is written then.
+template <class T>
+void run_gqa_decode(const DecodePlan& plan, const GqaDecodeSequence<T>* seqs, Index batch,
+                    float softmax_scale, DecodeWorkspace& ws, ThreadPool* pool = nullptr,
+                    KernelPath path = KernelPath::kAuto) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
+                "run_gqa_decode: the cache holds float or mla::bfloat16");
+  const char* what = "run_gqa_decode";
+  MLA_CHECK_ARG(plan.kind() == DecodeKind::kGqa, what,
+                ": the plan is for absorbed MLA (plan); use run_decode");
+  MLA_CHECK_ARG(batch == plan.batch(), what, ": ", batch, " sequences, the plan has ",
+                plan.batch());
+  MLA_CHECK_ARG(batch == 0 || seqs != nullptr, what, ": no sequences (batch ", batch, ")");
+  MLA_CHECK_ARG(num_threads(pool) <= plan.threads(), what, ": the pool has ", num_threads(pool),
+                " threads, the plan was made for ", plan.threads());
+  for (Index b = 0; b < batch; ++b) {
+    const GqaDecodeSequence<T>& s = seqs[b];
+    MLA_CHECK_ARG(s.q_len == plan.q_len(b) && s.len == plan.len(b), what, ", sequence ", b,
+                  ": q_len ", s.q_len, " and length ", s.len, " differ from the plan's ",
+                  plan.q_len(b), " and ", plan.len(b));
+    MLA_CHECK_ARG(s.q != nullptr && s.k != nullptr && s.v != nullptr && s.out != nullptr, what,
+                  ", sequence ", b, ": q, k, v and out must not be null");
+    MLA_CHECK_ARG(plan.num_kv_heads() == 1 || (s.k_head_stride >= s.len * plan.head_dim() &&
+                                               s.v_head_stride >= s.len * plan.v_dim()),
+                  what, ", sequence ", b, ": head strides (", s.k_head_stride, ", ",
+                  s.v_head_stride, ") must hold len * head_dim (", s.len * plan.head_dim(),
+                  ") and len * v_dim (", s.len * plan.v_dim(), ")");
+  }
+  (void)resolve_path(path);
+  if (batch == 0) return;
+  ws.reserve(plan);
+  internal::with_gqa_ops(path, [&](auto ops) {
+    internal::run_gqa_decode_with<decltype(ops)>(plan, seqs, softmax_scale, ws.data(), pool);
+  });
+}
+
+/// MHA / GQA decode attention of one sequence (flash decoding, each kv head streamed once per
+/// call), planned and run in one call (the plan lives in `ws` and is reused while the shape stays
+/// the same). Math as run_gqa_decode; shapes: q [q_len, num_heads, head_dim], k [num_kv_heads,
+/// capacity, head_dim] (head stride k_head_stride), v [num_kv_heads, capacity, v_dim] (head
+/// stride v_head_stride), out [q_len, num_heads, v_dim], lse [q_len, num_heads]; float math,
+/// float or bfloat16 cache. `pool` may be null (single thread); `ws` grows if it is smaller than
+/// the call needs. `path` picks the code path (kAmx runs a bf16 cache on the AMX tile unit).
+/// Throws std::invalid_argument for inconsistent shapes, null pointers or a path this CPU lacks,
+/// std::runtime_error when the OS refuses the AMX tile state.
+template <class CacheScalar>
+void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheScalar* k,
+                   const CacheScalar* v, float softmax_scale, float* out, float* lse,
+                   DecodeWorkspace& ws, ThreadPool* pool = nullptr,
+                   KernelPath path = KernelPath::kAuto) {
+  static_assert(std::is_same_v<CacheScalar, float> || std::is_same_v<CacheScalar, bfloat16>,
+                "gqa_attention: the cache holds float or mla::bfloat16");
+  shape.validate();
+  MLA_CHECK_ARG(q != nullptr && k != nullptr && v != nullptr && out != nullptr,
+                "gqa attention: q, k, v and out must not be null");
+  GqaDecodeSequence<CacheScalar> s;
+  s.q_len = shape.q_len;
+  s.q = q;
+  s.k = k;
+  s.v = v;
+  s.k_head_stride = shape.k_head_stride;
+  s.v_head_stride = shape.v_head_stride;
+  s.len = shape.cache_len;
+  s.out = out;
+  s.lse = lse;
+  const int threads = num_threads(pool);
+  DecodePlan& plan = ws.plan();
+  if (!plan.matches_gqa(shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.v_dim, &s, 1,
+                        threads, {}))
+    plan.plan_gqa(shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.v_dim, &s, 1,
+                  threads);
+  run_gqa_decode(plan, &s, 1, softmax_scale, ws, pool, path);
 }
 
 }  // namespace kernels

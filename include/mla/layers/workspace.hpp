@@ -24,7 +24,6 @@
 #include "mla/core/types.hpp"
 #include "mla/kernels/decode_engine.hpp"
 #include "mla/kernels/gemm.hpp"
-#include "mla/kernels/gqa_attention.hpp"
 
 namespace mla {
 
@@ -112,7 +111,7 @@ class Workspace {
   /// Scratch of the fast kernels (grown on first use, then reused); absorbed_kernel also holds
   /// the MLA decode engine's plan, reused while the shapes stay the same.
   kernels::DecodeWorkspace absorbed_kernel;
-  kernels::GqaAttentionWorkspace gqa_kernel;
+  kernels::DecodeWorkspace gqa_kernel;
   kernels::GemmWorkspace gemm_kernel;
   /// How the MLA decode engine splits a batch across threads (mla_decode_batch).
   kernels::BatchedDecodeOptions decode_options{};

@@ -1,5 +1,8 @@
-// Fast MHA / GQA decode attention over a head-major KV cache (K [kv_heads, capacity, head_dim],
-// V [kv_heads, capacity, v_dim], float or bfloat16). Reference: mla::reference::gqa_attention.
+// The tile operations and per-range forms of MHA / GQA decode attention over a head-major KV
+// cache (K [kv_heads, capacity, head_dim], V [kv_heads, capacity, v_dim], float or bfloat16),
+// which the decode engine (decode_engine.hpp: DecodePlan::plan_gqa, run_gqa_decode,
+// gqa_attention) runs over each piece of rows of each kv head. Reference:
+// mla::reference::gqa_attention.
 //
 // Decode attention with few query rows per kv head is memory bound: each K/V element feeds
 // group * q_len multiply-adds. The kernel therefore streams every kv head's K and V exactly once
@@ -9,12 +12,13 @@
 //   online softmax over t per row r (base 2: q is pre-scaled by scale * log2 e)
 //   O[r, :] = alpha_r O[r, :] + sum_t p[r, t] V[t, :]
 // bf16 rows are widened in registers as they are loaded (no bf16 instructions on AVX2).
-// Threads take whole kv heads when they divide evenly, otherwise each head's rows are also split
-// (split-KV) and the partial results are merged by a log-sum-exp combine.
+// The engine shares the kv heads' rows out to threads in balanced parts (split-KV where a head is
+// cut) and merges the partial results by a log-sum-exp combine.
 // Causality: of q_len new tokens, token t sees the cache rows up to cache_len - q_len + t. The
-// last q_len - 1 rows (the causal triangle) are not masked with zero weights but left out of the
-// arithmetic of the query rows that cannot see them (gqa_rows_task), so a NaN or Inf in a new
-// token's K or V row reaches the outputs of that token and the later ones, never earlier ones.
+// last q_len - 1 rows (the causal triangle) are a piece of their own, not masked with zero
+// weights but left out of the arithmetic of the query rows that cannot see them (gqa_rows_task),
+// so a NaN or Inf in a new token's K or V row reaches the outputs of that token and the later
+// ones, never earlier ones.
 //
 // Two forms, chosen by the number of query rows per kv head (g_rows = group * q_len):
 // - Row-streaming form (g_rows < kGqaPackedMinRows: MHA, small groups). Memory order matters more
@@ -64,8 +68,6 @@ template <class CacheScalar>
 inline constexpr Index kGqaTileRows = std::is_same_v<CacheScalar, float> ? 96 : 48;
 inline constexpr Index kGqaTileRowsMax = 96;
 static_assert(kGqaTileRows<float> <= kGqaTileRowsMax && kGqaTileRows<bfloat16> <= kGqaTileRowsMax);
-// Fewer rows than this per split and the split bookkeeping outweighs the streaming.
-inline constexpr Index kGqaMinRowsPerSplit = 32;
 
 // The packed (GEMM) form, for groups of at least kGqaPackedMinRows query rows per kv head (GQA
 // with group >= 6, or several new tokens): the query rows of a kv head are packed into panels of
@@ -100,22 +102,16 @@ struct GqaPackedScratch {
         wide(arena.take(kGqaPackedTile * wide_stride)) {}
 };
 
-/// Where each piece of a GQA workspace lives (see GqaAttentionWorkspace).
+/// Strides and the per-thread scratch size of the GQA forms for one kv head's g_rows query rows.
 struct GqaLayout {
   Index g_rows = 0;    // query rows per kv head: group * q_len
   Index g8 = 0;        // g_rows rounded up to 8 (packed panels)
   Index q_stride = 0;  // head_dim rounded up to 8 (zero padded)
   Index o_stride = 0;  // v_dim rounded up to 8
   Index wide_stride = 0;  // max(head_dim, v_dim) rounded up to 8: a widened bf16 tile row
-  float* part_o = nullptr;    // [slots][g_rows][o_stride], slots = kv_heads * (splits + triangle)
-  float* part_max = nullptr;  // [slots][g_rows]
-  float* part_sum = nullptr;  // [slots][g_rows]
-  float* scratch = nullptr;   // [threads][scratch_stride]
-  Index scratch_stride = 0;
-  Index total = 0;
+  Index scratch_stride = 0;  // floats of one thread's scratch: the largest form's
 
-  GqaLayout(float* base, Index q_len, Index num_heads, Index num_kv_heads, Index head_dim,
-            Index v_dim, int threads) {
+  GqaLayout(Index q_len, Index num_heads, Index num_kv_heads, Index head_dim, Index v_dim) {
     g_rows = num_heads / num_kv_heads * q_len;
     g8 = round_up(g_rows, 8);
     q_stride = round_up(head_dim, 8);
@@ -135,14 +131,6 @@ struct GqaLayout {
       amx_form.take(amx_scratch_floats(round_up(g_rows, 16), head_dim, v_dim));
       scratch_stride = std::max(scratch_stride, amx_form.used());
     }
-    // Up to `threads` splits of each kv head, plus its causal-triangle task when q_len > 1.
-    const Index slots = num_kv_heads * (threads + (q_len > 1 ? 1 : 0));
-    FloatArena arena(base);
-    part_o = arena.take(slots * g_rows * o_stride);
-    part_max = arena.take(slots * g_rows);
-    part_sum = arena.take(slots * g_rows);
-    scratch = arena.take(Index(threads) * scratch_stride);
-    total = arena.used();
   }
 };
 
@@ -717,44 +705,32 @@ void gqa_rows_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay
   }
 }
 
-/// The flash-decoding driver, shared by both code paths (`Ops` supplies the tile operations).
-/// Causality: the cache rows [0, bulk) that every query row sees are split across threads and
-/// run by the head's form (row-streaming, packed or AMX) without any mask; the q_len - 1 rows of
-/// the causal triangle after them are one more task per kv head (gqa_rows_task), merged with the
-/// splits by the same log-sum-exp combine. A single new token has no triangle.
-template <class Ops, class CacheScalar>
-void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
-                       const CacheScalar* k, const CacheScalar* v, float softmax_scale, float* out,
-                       float* lse, float* workspace, ThreadPool* pool) {
-  const int threads = num_threads(pool);
-  const GqaLayout lay(workspace, shape.q_len, shape.num_heads, shape.num_kv_heads, shape.head_dim,
-                      shape.v_dim, threads);
-  const Index group = shape.group_size();
-  const Index g_rows = lay.g_rows;
-  const Index cache_len = shape.cache_len;
-  const Index bulk = cache_len - shape.q_len + 1;
-  // Whole heads per thread when they share out evenly; otherwise split every head's rows too.
-  const Index max_splits = std::max<Index>(1, std::min<Index>(threads, bulk / kGqaMinRowsPerSplit));
-  const Index splits = shape.num_kv_heads % threads == 0 ? 1 : max_splits;
-  const Index per_head = splits + (bulk < cache_len ? 1 : 0);  // + the triangle task
-  const float qscale = softmax_scale * kLog2e;
+/// Calls fn(Ops{}) with the GQA tile operations of `path`, chosen at run time; throws as
+/// kernels::resolve_path does when the CPU lacks the path.
+template <class Fn>
+void with_gqa_ops(kernels::KernelPath path, Fn&& fn) {
+  const kernels::KernelPath p = kernels::resolve_path(path);
+#if MLA_X86_SIMD
+  if (path == kernels::KernelPath::kAmx) return fn(GqaAmxOps{});
+  if (p == kernels::KernelPath::kAvx512) return fn(GqaAvx512Ops{});
+  if (p == kernels::KernelPath::kAvx2) return fn(GqaAvx2Ops{});
+#endif
+  (void)p;
+  fn(GqaPortableOps{});
+}
 
-  parallel_for(pool, shape.num_kv_heads * per_head, [&](Index task, int thread) {
-    const Index head = task / per_head;
-    const Index split = task % per_head;
-    float* o = lay.part_o + task * g_rows * lay.o_stride;
-    float* run_max = lay.part_max + task * g_rows;
-    float* run_sum = lay.part_sum + task * g_rows;
-    float* scratch = lay.scratch + thread * lay.scratch_stride;
-    const CacheScalar* kh = k + head * shape.k_head_stride;
-    const CacheScalar* vh = v + head * shape.v_head_stride;
-    if (split == splits) {  // the causal triangle
-      gqa_rows_task<Ops>(shape, lay, q, kh, vh, qscale, head, bulk, cache_len, scratch, o,
-                         run_max, run_sum);
-      return;
-    }
-    const Index j_begin = bulk * split / splits;
-    const Index j_end = bulk * (split + 1) / splits;
+/// Runs cache rows [j_begin, j_end) of kv head `head` in the form the path and the head's rows
+/// call for, writing the range's partial (O [g_rows][o_stride], max, sum). A range inside the
+/// causal triangle (j_begin >= cache_len - q_len + 1) goes through the row-streaming form,
+/// which adds each triangle row only to the query rows that see it; a range before it is seen by
+/// every query row and runs the AMX form (kAmx, bf16), the packed form (AVX2 and up, g_rows >=
+/// kGqaPackedMinRows) or the row-streaming form.
+template <class Ops, class CacheScalar>
+void gqa_range_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay, const float* q,
+                    const CacheScalar* kh, const CacheScalar* vh, float qscale, Index head,
+                    Index j_begin, Index j_end, float* scratch, float* o, float* run_max,
+                    float* run_sum) {
+  if (j_begin < shape.cache_len - shape.q_len + 1) {
 #if MLA_X86_SIMD
     if constexpr (std::is_same_v<Ops, GqaAmxOps> && std::is_same_v<CacheScalar, bfloat16>) {
       gqa_amx_task(shape, lay, q, kh, vh, qscale, head, j_begin, j_end, scratch, o, run_max,
@@ -762,106 +738,17 @@ void gqa_attention_run(const kernels::GqaAttentionShape& shape, const float* q,
       return;
     }
     if constexpr (std::is_base_of_v<GqaAvx2Ops, Ops>) {
-      if (g_rows >= kGqaPackedMinRows) {
-        gqa_packed_task<typename Ops::Packed>(shape, lay, q, kh, vh, qscale, head, j_begin,
-                                              j_end, scratch, o, run_max, run_sum);
+      if (lay.g_rows >= kGqaPackedMinRows) {
+        gqa_packed_task<typename Ops::Packed>(shape, lay, q, kh, vh, qscale, head, j_begin, j_end,
+                                              scratch, o, run_max, run_sum);
         return;
       }
     }
 #endif
-    gqa_rows_task<Ops>(shape, lay, q, kh, vh, qscale, head, j_begin, j_end, scratch, o, run_max,
-                       run_sum);
-  });
-
-  const Index split_stride = g_rows * lay.o_stride;
-  for (Index head = 0; head < shape.num_kv_heads; ++head)
-    for (Index r = 0; r < g_rows; ++r) {
-      const Index row = (r / group) * shape.num_heads + head * group + r % group;
-      const Index slot = head * per_head;
-      const float l = combine_splits(lay.part_o + slot * split_stride + r * lay.o_stride,
-                                     split_stride, lay.part_max + slot * g_rows + r,
-                                     lay.part_sum + slot * g_rows + r, g_rows, per_head,
-                                     shape.v_dim, out + row * shape.v_dim);
-      if (lse != nullptr) lse[row] = l;
-    }
+  }
+  gqa_rows_task<Ops>(shape, lay, q, kh, vh, qscale, head, j_begin, j_end, scratch, o, run_max,
+                     run_sum);
 }
 
 }  // namespace internal
-
-namespace kernels {
-
-/// Scratch memory for gqa_attention (per-split partial outputs and per-thread tiles) in one
-/// 64-byte aligned block. Reserve it once for the largest call; later calls that fit allocate
-/// nothing, a call that does not fit grows it (one allocation). Not shareable between concurrent
-/// calls.
-class GqaAttentionWorkspace {
- public:
-  GqaAttentionWorkspace() = default;
-  GqaAttentionWorkspace(const GqaAttentionShape& shape, int threads) { reserve(shape, threads); }
-
-  /// Ensures room for calls with this shape's q_len, head counts and widths on `threads` threads
-  /// (cache_len and strides do not matter).
-  void reserve(const GqaAttentionShape& shape, int threads) {
-    MLA_CHECK_ARG(threads >= 1, "GqaAttentionWorkspace::reserve: threads must be >= 1, got ", threads);
-    MLA_CHECK_ARG(shape.q_len >= 1 && shape.num_kv_heads >= 1 && shape.num_heads >= 1 &&
-                      shape.num_heads % shape.num_kv_heads == 0 && shape.head_dim >= 1 &&
-                      shape.v_dim >= 1,
-                  "GqaAttentionWorkspace::reserve: bad shape q_len=", shape.q_len, " num_heads=",
-                  shape.num_heads, " num_kv_heads=", shape.num_kv_heads, " head_dim=", shape.head_dim,
-                  " v_dim=", shape.v_dim);
-    buffer_.grow(internal::GqaLayout(nullptr, shape.q_len, shape.num_heads, shape.num_kv_heads,
-                                     shape.head_dim, shape.v_dim, threads)
-                     .total);
-  }
-
-  /// Bytes currently held.
-  std::size_t bytes() const { return static_cast<std::size_t>(buffer_.size()) * sizeof(float); }
-
-  /// Start of the scratch block (for the kernel).
-  float* data() const { return buffer_.data(); }
-
- private:
-  internal::AlignedFloats buffer_;
-};
-
-/// MHA / GQA decode attention (flash decoding, each kv head streamed once per call).
-///
-/// For token t (0 .. q_len-1), query head h and the visible cache rows j (j <= cache_len - q_len + t):
-///   s_j = softmax_scale * q[t, h] . K[h / group, j]
-///   out[t, h] = sum_j softmax(s)_j V[h / group, j],    lse[t, h] = log sum_j exp(s_j)  (if lse)
-/// Shapes: q [q_len, num_heads, head_dim], k [num_kv_heads, capacity, head_dim] (head stride
-/// k_head_stride), v [num_kv_heads, capacity, v_dim] (head stride v_head_stride), out [q_len,
-/// num_heads, v_dim], lse [q_len, num_heads]; float math, float or bfloat16 cache.
-/// Only the visible rows enter a token's result: a NaN or Inf in K or V row j makes the outputs
-/// of the tokens that see j non-finite and leaves the others exactly as without row j.
-/// `pool` may be null (single thread); `ws` grows if it is smaller than the call needs.
-/// `path` picks the code path (kernels::KernelPath; kAmx runs a bf16 cache on the AMX tile unit).
-/// Throws std::invalid_argument for inconsistent shapes, null pointers or a path this CPU lacks,
-/// std::runtime_error when the OS refuses the AMX tile state.
-template <class CacheScalar>
-void gqa_attention(const GqaAttentionShape& shape, const float* q, const CacheScalar* k,
-                   const CacheScalar* v, float softmax_scale, float* out, float* lse,
-                   GqaAttentionWorkspace& ws, ThreadPool* pool = nullptr,
-                   KernelPath path = KernelPath::kAuto) {
-  static_assert(std::is_same_v<CacheScalar, float> || std::is_same_v<CacheScalar, bfloat16>,
-                "gqa_attention: the cache holds float or mla::bfloat16");
-  shape.validate();
-  MLA_CHECK_ARG(q != nullptr && k != nullptr && v != nullptr && out != nullptr,
-                "gqa attention: q, k, v and out must not be null");
-  ws.reserve(shape, num_threads(pool));
-  const KernelPath resolved = resolve_path(path);  // throws if the CPU lacks it
-  auto run = [&](auto ops) {
-    internal::gqa_attention_run<decltype(ops)>(shape, q, k, v, softmax_scale, out, lse, ws.data(),
-                                               pool);
-  };
-#if MLA_X86_SIMD
-  if (path == KernelPath::kAmx) return run(internal::GqaAmxOps{});
-  if (resolved == KernelPath::kAvx512) return run(internal::GqaAvx512Ops{});
-  if (resolved == KernelPath::kAvx2) return run(internal::GqaAvx2Ops{});
-#endif
-  (void)resolved;
-  run(internal::GqaPortableOps{});
-}
-
-}  // namespace kernels
 }  // namespace mla

@@ -1,0 +1,40 @@
+// Asserting on errors by their words: message_of<E>(fn) runs fn and returns the message of the
+// exception of type E (or a subclass) it throws, recording a test failure when it throws nothing
+// or something else; EXPECT_HAS(msg, word) checks that the message contains the word.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace mla::testing {
+
+template <class E, class Fn>
+std::string message_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    if constexpr (!std::is_same_v<E, std::exception>) {
+      if (dynamic_cast<const E*>(&e) == nullptr) {
+        ADD_FAILURE() << "wrong exception type: " << e.what();
+        return "";
+      }
+    }
+    return e.what();
+  }
+  ADD_FAILURE() << "no exception";
+  return "";
+}
+
+/// message_of<std::invalid_argument>: the type of every argument check (MLA_CHECK_ARG).
+template <class Fn>
+std::string invalid_argument_of(Fn&& fn) {
+  return message_of<std::invalid_argument>(fn);
+}
+
+}  // namespace mla::testing
+
+#define EXPECT_HAS(msg, word) EXPECT_NE((msg).find(word), std::string::npos) << (msg)

@@ -96,17 +96,7 @@ TEST(BadInputs, MlaMissingWeightNamesIt) {
 TEST(BadInputs, WrongDtypeWeightIsRejectedByTheLoader) {
   Rng rng(43);
   const AttentionConfig cfg = small_gqa_config();
-  auto tensors = gqa_tensors(cfg, rng);
-  io::SafetensorsWriter w;
-  for (const auto& [name, m] : tensors) {
-    if (name == "k_proj.weight") {
-      const Matrix<std::int64_t> ints = m.cast<std::int64_t>();
-      w.add("model.layers.0.self_attn." + name, {ints.rows(), ints.cols()}, ints.data());
-    } else {
-      w.add_eigen("model.layers.0.self_attn." + name, m);
-    }
-  }
-  const auto file = io::SafetensorsFile::from_bytes(w.to_bytes(), "ints.safetensors");
+  const auto file = testing::file_with_integer(gqa_tensors(cfg, rng), "k_proj.weight");
   const std::string msg =
       message_of<std::runtime_error>([&] { io::load_gqa_layer<float>(file, cfg, 0); });
   EXPECT_HAS(msg, "k_proj.weight");

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,6 +33,25 @@ inline io::SafetensorsFile file_with(const NamedTensors& tensors,
                                      const std::string& file_name = "test.safetensors") {
   io::SafetensorsWriter w;
   add_layer_tensors(w, 0, tensors);
+  return io::SafetensorsFile::from_bytes(w.to_bytes(), file_name);
+}
+
+/// As file_with(), but the tensor `integer_name` is stored as I64 (its values truncated): a
+/// mislabelled or corrupted weight.
+inline io::SafetensorsFile file_with_integer(const NamedTensors& tensors,
+                                             const std::string& integer_name,
+                                             const std::string& file_name = "ints.safetensors") {
+  io::SafetensorsWriter w;
+  for (const auto& t : tensors) {
+    if (t.first != integer_name) {
+      add_layer_tensors(w, 0, {t});
+      continue;
+    }
+    const Matrix<std::int64_t> ints = t.second.cast<std::int64_t>();
+    std::vector<std::int64_t> shape{ints.rows()};
+    if (ints.cols() != 1) shape.push_back(ints.cols());
+    w.add("model.layers.0.self_attn." + t.first, shape, ints.data());
+  }
   return io::SafetensorsFile::from_bytes(w.to_bytes(), file_name);
 }
 

@@ -19,6 +19,8 @@
 #include "mla/io/fp8.hpp"
 #include "mla/io/json.hpp"
 #include "mla/io/safetensors.hpp"
+#include "support/error_message.hpp"
+#include "support/reference_dir.hpp"
 #include "support/float_formats.hpp"
 
 namespace {
@@ -28,19 +30,7 @@ using mla::io::Dtype;
 using mla::io::SafetensorsFile;
 using mla::io::SafetensorsWriter;
 
-// Runs f and checks that it throws exactly E (or a subclass) with every word in the message.
-template <class E>
-void expect_throw(const std::function<void()>& f, const std::vector<std::string>& words) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const std::string& w : words) {
-      EXPECT_NE(msg.find(w), std::string::npos) << "message lacks '" << w << "': " << msg;
-    }
-  }
-}
+using mla::testing::expect_throw;
 
 // A file image with an arbitrary header text and `data_bytes` zero bytes of data.
 std::vector<std::uint8_t> raw_file(const std::string& header, std::size_t data_bytes = 0) {
@@ -83,10 +73,7 @@ struct TempDir {
 using mla::testing::ref_e4m3;
 using mla::testing::ref_e5m2;
 
-std::string reference_dir() {
-  const char* env = std::getenv("MLA_REFERENCE_DIR");
-  return env && *env ? env : MLA_REFERENCE_DIR_DEFAULT;
-}
+using mla::testing::reference_dir;
 
 // ---------------------------------------------------------------------------------------------
 // Writer round trip and conversions

@@ -15,7 +15,9 @@
 #include "mla/layers/mla.hpp"
 #include "mla/presets.hpp"
 #include "support/alloc_counter.hpp"
+#include "support/error_message.hpp"
 #include "support/random.hpp"
+#include "support/small_layers.hpp"
 
 namespace mla {
 namespace {
@@ -27,29 +29,11 @@ using testing::Rng;
 constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-/// The message of the std::invalid_argument `fn` throws ("" and a failure when it throws none).
-std::string invalid_argument_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no std::invalid_argument";
-  return "";
-}
+using testing::invalid_argument_of;
 
-#define EXPECT_HAS(msg, word) EXPECT_NE((msg).find(word), std::string::npos) << (msg)
-
+/// The small MLA shape with DeepSeek's yarn RoPE (factor 40 over 16 original positions).
 MlaConfig small_mla() {
-  MlaConfig c;
-  c.hidden_size = 32;
-  c.num_attention_heads = 2;
-  c.q_lora_rank = 12;
-  c.kv_lora_rank = 16;
-  c.qk_nope_head_dim = 8;
-  c.qk_rope_head_dim = 4;
-  c.v_head_dim = 6;
-  c.max_position_embeddings = 64;
+  MlaConfig c = testing::small_mla_config();
   c.rope = presets::deepseek_yarn(1.0);
   c.rope.original_max_position_embeddings = 16;
   return c;
@@ -166,15 +150,6 @@ TEST(ConfigValidation, NormEpsMustBeFinitePositive) {
   }
 }
 
-TEST(ConfigValidation, PresetsStillValidate) {
-  for (const MlaConfig& c : {presets::deepseek_v3(), presets::deepseek_v2(),
-                             presets::deepseek_v2_lite()})
-    EXPECT_NO_THROW(c.validate());
-  for (const AttentionConfig& c : {presets::qwen2_5_32b(), presets::llama3_1_8b(),
-                                   presets::llama3_1_405b(), presets::mha_128x128()})
-    EXPECT_NO_THROW(c.validate());
-}
-
 // ---- A config cannot make a layer allocate with the size of max_position_embeddings. ----
 
 /// Bytes the global operator new hands out while `fn` runs.
@@ -223,12 +198,7 @@ TEST(ConfigResources, MlaLayerFromHugeMaxPositionsAllocatesABoundedTable) {
 // the option raises the accepted range to 2^32, the table stays bounded; past kMaxPositions the
 // option is refused.
 TEST(ConfigResources, GqaOptionsMaxPositionsAllocatesABoundedTable) {
-  AttentionConfig c;
-  c.hidden_size = 48;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
+  const AttentionConfig c = testing::small_gqa_config();  // positions [0, 64)
   Rng rng(62);
   const auto w = testing::random_gqa_weights<float>(c, rng);
   GroupedQueryAttention<float>::Options opt;

@@ -16,6 +16,8 @@
 #include <gtest/gtest.h>
 
 #include "mla/io/checkpoint.hpp"
+#include "support/error_message.hpp"
+#include "support/reference_dir.hpp"
 
 namespace {
 
@@ -25,23 +27,9 @@ using mla::io::Dtype;
 using mla::io::SafetensorsFile;
 using mla::io::SafetensorsWriter;
 
-template <class E>
-void expect_throw(const std::function<void()>& f, const std::vector<std::string>& words) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const std::string& w : words) {
-      EXPECT_NE(msg.find(w), std::string::npos) << "message lacks '" << w << "': " << msg;
-    }
-  }
-}
+using mla::testing::expect_throw;
 
-std::string reference_dir() {
-  const char* env = std::getenv("MLA_REFERENCE_DIR");
-  return env && *env ? env : MLA_REFERENCE_DIR_DEFAULT;
-}
+using mla::testing::reference_dir;
 
 void write_text(const fs::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::binary);

@@ -1,7 +1,8 @@
 // Tests for mla/io/safetensors.hpp and mla/io/fp8.hpp: the writer round trip, every dtype
 // conversion against values worked out by hand or by ldexp formulas written from the format
 // definitions, one malformed file per header rule, FP8 block dequantisation, and the real reference
-// files (expected values from shared/reference/README.md).
+// files (expected values from shared/reference/README.md). The scalar decoders themselves:
+// tests/core/test_fp8.cpp.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -18,6 +19,9 @@
 #include "mla/io/fp8.hpp"
 #include "mla/io/json.hpp"
 #include "mla/io/safetensors.hpp"
+#include "support/error_message.hpp"
+#include "support/reference_dir.hpp"
+#include "support/float_formats.hpp"
 
 namespace {
 
@@ -26,19 +30,7 @@ using mla::io::Dtype;
 using mla::io::SafetensorsFile;
 using mla::io::SafetensorsWriter;
 
-// Runs f and checks that it throws exactly E (or a subclass) with every word in the message.
-template <class E>
-void expect_throw(const std::function<void()>& f, const std::vector<std::string>& words) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const std::string& w : words) {
-      EXPECT_NE(msg.find(w), std::string::npos) << "message lacks '" << w << "': " << msg;
-    }
-  }
-}
+using mla::testing::expect_throw;
 
 // A file image with an arbitrary header text and `data_bytes` zero bytes of data.
 std::vector<std::uint8_t> raw_file(const std::string& header, std::size_t data_bytes = 0) {
@@ -78,134 +70,10 @@ struct TempDir {
   }
 };
 
-// Independent decoders written from the format definitions with ldexp.
-double ref_e4m3(int c) {
-  const int e = (c >> 3) & 15, m = c & 7;
-  if (e == 15 && m == 7) return std::numeric_limits<double>::quiet_NaN();
-  const double v = e == 0 ? std::ldexp(m, -9) : std::ldexp(8 + m, e - 10);  // (1 + m/8) 2^(e-7)
-  return (c & 0x80) ? -v : v;
-}
-double ref_e5m2(int c) {
-  const int e = (c >> 2) & 31, m = c & 3;
-  double v;
-  if (e == 31) v = m == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
-  else v = e == 0 ? std::ldexp(m, -16) : std::ldexp(4 + m, e - 17);  // (1 + m/4) 2^(e-15)
-  return (c & 0x80) ? -v : v;
-}
-double ref_f16(int h) {
-  const int e = (h >> 10) & 31, m = h & 1023;
-  double v;
-  if (e == 31) v = m == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
-  else v = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
-  return (h & 0x8000) ? -v : v;
-}
-double ref_bf16(int b) {
-  const int e = (b >> 7) & 255, m = b & 127;
-  double v;
-  if (e == 255) v = m == 0 ? std::numeric_limits<double>::infinity() : std::numeric_limits<double>::quiet_NaN();
-  else v = e == 0 ? std::ldexp(m, -133) : std::ldexp(128 + m, e - 134);
-  return (b & 0x8000) ? -v : v;
-}
+using mla::testing::ref_e4m3;
+using mla::testing::ref_e5m2;
 
-// Same value, or both NaN.
-void expect_same(double got, double want, const std::string& what) {
-  if (std::isnan(want)) {
-    EXPECT_TRUE(std::isnan(got)) << what;
-  } else {
-    EXPECT_EQ(got, want) << what;
-    EXPECT_EQ(std::signbit(got), std::signbit(want)) << what;
-  }
-}
-
-std::string reference_dir() {
-  const char* env = std::getenv("MLA_REFERENCE_DIR");
-  return env && *env ? env : MLA_REFERENCE_DIR_DEFAULT;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Scalar decoders
-
-TEST(Fp8, E4m3AllCodesMatchLdexpFormula) {
-  int nans = 0;
-  for (int c = 0; c < 256; ++c) {
-    const float got = mla::io::fp8_e4m3_to_float(static_cast<std::uint8_t>(c));
-    expect_same(got, ref_e4m3(c), "code " + std::to_string(c));
-    expect_same(mla::io::fp8_table(mla::io::Fp8Format::kE4M3)[c], got, "table");  // table == function
-    nans += std::isnan(got);
-    EXPECT_FALSE(std::isinf(got)) << "e4m3fn has no infinities, code " << c;
-  }
-  EXPECT_EQ(nans, 2);  // 0x7F and 0xFF only
-  EXPECT_EQ(mla::io::fp8_e4m3_to_float(0x38), 1.0f);
-  EXPECT_EQ(mla::io::fp8_e4m3_to_float(0xB8), -1.0f);
-  EXPECT_EQ(mla::io::fp8_e4m3_to_float(0x7E), 448.0f);
-  EXPECT_EQ(mla::io::fp8_e4m3_to_float(0xFE), -448.0f);
-  EXPECT_EQ(mla::io::fp8_e4m3_to_float(0x08), 0.015625f);            // min normal 2^-6
-  EXPECT_EQ(mla::io::fp8_e4m3_to_float(0x01), 0.001953125f);         // min subnormal 2^-9
-  EXPECT_EQ(mla::io::fp8_e4m3_to_float(0x07), 0.013671875f);         // max subnormal 7 * 2^-9
-  EXPECT_TRUE(std::signbit(mla::io::fp8_e4m3_to_float(0x80)));        // -0
-}
-
-TEST(Fp8, E5m2AndE8m0AllCodes) {
-  for (int c = 0; c < 256; ++c) {
-    expect_same(mla::io::fp8_e5m2_to_float(static_cast<std::uint8_t>(c)), ref_e5m2(c),
-                "e5m2 code " + std::to_string(c));
-    const float e8 = mla::io::fp8_e8m0_to_float(static_cast<std::uint8_t>(c));
-    if (c == 255) {
-      EXPECT_TRUE(std::isnan(e8));
-    } else {
-      EXPECT_EQ(e8, std::ldexp(1.0f, c - 127)) << c;
-    }
-  }
-  EXPECT_EQ(mla::io::fp8_e5m2_to_float(0x3C), 1.0f);
-  EXPECT_EQ(mla::io::fp8_e5m2_to_float(0x7B), 57344.0f);
-  EXPECT_TRUE(std::isinf(mla::io::fp8_e5m2_to_float(0x7C)));
-}
-
-TEST(HalfDecoders, KnownValues) {
-  const std::vector<std::pair<std::uint16_t, double>> f16 = {
-      {0x3C00, 1.0},      {0xC100, -2.5},          {0x7BFF, 65504.0},
-      {0x0001, 5.9604644775390625e-08 /* 2^-24 */},  {0x03FF, 6.097555160522461e-05 /* 1023 * 2^-24 */},
-      {0x0400, 6.103515625e-05 /* 2^-14 */},          {0x3555, 0.333251953125},
-      {0x0000, 0.0},      {0x8000, -0.0},
-  };
-  for (const auto& [bits, value] : f16) {
-    expect_same(mla::io::float16_bits_to_float(bits), value, "f16 " + std::to_string(bits));
-  }
-  EXPECT_EQ(mla::io::float16_bits_to_float(0x7C00), std::numeric_limits<float>::infinity());
-  EXPECT_EQ(mla::io::float16_bits_to_float(0xFC00), -std::numeric_limits<float>::infinity());
-  EXPECT_TRUE(std::isnan(mla::io::float16_bits_to_float(0x7E00)));
-
-  const std::vector<std::pair<std::uint16_t, double>> bf16 = {
-      {0x4049, 3.140625}, {0x3F80, 1.0}, {0xC020, -2.5},
-      {0x7F7F, 3.3895313892515355e+38}, {0x0001, 9.183549615799121e-41 /* 2^-133 */},
-      {0x0080, 1.1754943508222875e-38 /* 2^-126 */},
-  };
-  for (const auto& [bits, value] : bf16) {
-    expect_same(mla::io::bfloat16_bits_to_float(bits), value, "bf16 " + std::to_string(bits));
-  }
-  EXPECT_EQ(mla::io::bfloat16_bits_to_float(0xFF80), -std::numeric_limits<float>::infinity());
-}
-
-TEST(HalfDecoders, AllCodesMatchLdexpFormulaAndEigen) {
-  for (int h = 0; h < 65536; ++h) {
-    const auto bits = static_cast<std::uint16_t>(h);
-    const float f = mla::io::float16_bits_to_float(bits);
-    const float b = mla::io::bfloat16_bits_to_float(bits);
-    if (std::isnan(ref_f16(h)) != std::isnan(f) || (!std::isnan(f) && f != ref_f16(h))) {
-      ADD_FAILURE() << "f16 code " << h;
-      break;
-    }
-    if (std::isnan(ref_bf16(h)) != std::isnan(b) || (!std::isnan(b) && b != ref_bf16(h))) {
-      ADD_FAILURE() << "bf16 code " << h;
-      break;
-    }
-    const float eh = static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(bits));
-    if (!std::isnan(f) && eh != f) {
-      ADD_FAILURE() << "f16 code " << h << " disagrees with Eigen::half";
-      break;
-    }
-  }
-}
+using mla::testing::reference_dir;
 
 // ---------------------------------------------------------------------------------------------
 // Writer round trip and conversions

@@ -7,8 +7,10 @@
 #include <limits>
 
 #include "mla/io/load_layer.hpp"
+#include "support/error_message.hpp"
 #include "support/random.hpp"
 #include "support/reference_dir.hpp"
+#include "support/small_layers.hpp"
 
 namespace mla {
 namespace {
@@ -16,27 +18,12 @@ namespace {
 using testing::positions_from;
 using testing::Rng;
 
-MlaConfig small() {
-  MlaConfig c;
-  c.hidden_size = 32;
-  c.num_attention_heads = 2;
-  c.q_lora_rank = 12;
-  c.kv_lora_rank = 16;
-  c.qk_nope_head_dim = 8;
-  c.qk_rope_head_dim = 4;
-  c.v_head_dim = 6;
-  c.max_position_embeddings = 128;
-  return c;
-}
+MlaConfig small() { return testing::small_mla_config(); }  // positions [0, 64)
 
+/// The message of whatever std::exception `fn` throws.
 template <class Fn>
 std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "<no exception>";
+  return testing::message_of<std::exception>(fn);
 }
 
 TEST(MlaErrors, WrongWeightShapeNamesTensorExpectedAndActual) {
@@ -99,8 +86,8 @@ TEST(MlaErrors, CacheOverflowAndBadCallsLeaveEverythingUsable) {
   EXPECT_NE(msg.find("LatentCache overflow"), std::string::npos) << msg;
   EXPECT_NE(msg.find("capacity 5"), std::string::npos) << msg;
   EXPECT_EQ(cache.size(), 4);
-  msg = error_of([&] { layer.forward(x.topRows(1), positions_from(128, 1), cache, y2.topRows(1), ws); });
-  EXPECT_NE(msg.find("position 128"), std::string::npos) << msg;
+  msg = error_of([&] { layer.forward(x.topRows(1), positions_from(64, 1), cache, y2.topRows(1), ws); });
+  EXPECT_NE(msg.find("position 64"), std::string::npos) << msg;
   msg = error_of([&] { layer.forward(x.topRows(1).leftCols(31), positions_from(4, 1), cache,
                                      y2.topRows(1), ws); });
   EXPECT_NE(msg.find("input x"), std::string::npos) << msg;

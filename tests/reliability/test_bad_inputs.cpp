@@ -14,57 +14,26 @@
 #include <vector>
 
 #include "mla/io/load_layer.hpp"
+#include "support/error_message.hpp"
+#include "support/layer_files.hpp"
 #include "support/random.hpp"
 #include "support/reference_dir.hpp"
+#include "support/small_layers.hpp"
 
 namespace mla {
 namespace {
 
+using testing::file_with;
+using testing::gqa_tensors;
+using testing::message_of;
 using testing::positions_from;
 using testing::rel_max_err;
 using testing::Rng;
-
-/// Calls fn and returns the message of the exception of type E it throws; fails otherwise.
-template <class E, class Fn>
-std::string message_of(Fn fn) {
-  try {
-    fn();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no exception";
-  return "";
-}
-
-#define EXPECT_HAS(msg, word) EXPECT_NE((msg).find(word), std::string::npos) << (msg)
+using testing::small_gqa_config;
+using testing::small_mla_config;
+using testing::without;
 
 std::filesystem::path ref(const char* name) { return testing::reference_dir() / name; }
-
-AttentionConfig small_gqa() {
-  AttentionConfig c;
-  c.hidden_size = 48;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
-  return c;
-}
-
-MlaConfig small_mla() {
-  MlaConfig c;
-  c.hidden_size = 32;
-  c.num_attention_heads = 2;
-  c.q_lora_rank = 12;
-  c.kv_lora_rank = 16;
-  c.qk_nope_head_dim = 8;
-  c.qk_rope_head_dim = 4;
-  c.v_head_dim = 6;
-  c.max_position_embeddings = 64;
-  return c;
-}
 
 /// Reference: the outputs of `x` at `pos` on a fresh cache, all in one call.
 template <class Layer>
@@ -94,42 +63,12 @@ TEST(BadInputs, GqaConfigDisagreesWithCheckpointWeights) {
   EXPECT_TRUE(layer.forward(Matrix<float>::Ones(2, 256), positions_from(0, 2), cache).allFinite());
 }
 
-/// An in-memory checkpoint with the given tensors (nn.Linear names under layer 0).
-io::SafetensorsFile file_with(const std::vector<std::pair<std::string, Matrix<float>>>& tensors) {
-  io::SafetensorsWriter w;
-  for (const auto& [name, m] : tensors) {
-    if (m.cols() == 1)
-      w.add("model.layers.0.self_attn." + name, {m.rows()}, m.data());
-    else
-      w.add_eigen("model.layers.0.self_attn." + name, m);
-  }
-  return io::SafetensorsFile::from_bytes(w.to_bytes(), "test.safetensors");
-}
-
-std::vector<std::pair<std::string, Matrix<float>>> gqa_tensors(const AttentionConfig& c, Rng& rng) {
-  const auto w = testing::random_gqa_weights<float>(c, rng);
-  std::vector<std::pair<std::string, Matrix<float>>> t = {
-      {"q_proj.weight", w.q_proj.weight}, {"k_proj.weight", w.k_proj.weight},
-      {"v_proj.weight", w.v_proj.weight}, {"o_proj.weight", w.o_proj.weight}};
-  if (c.qkv_bias) {
-    t.push_back({"q_proj.bias", w.q_proj.bias});
-    t.push_back({"k_proj.bias", w.k_proj.bias});
-    t.push_back({"v_proj.bias", w.v_proj.bias});
-  }
-  return t;
-}
-
 TEST(BadInputs, GqaMissingWeightOrBiasNamesIt) {
   Rng rng(41);
-  AttentionConfig cfg = small_gqa();
-  auto tensors = gqa_tensors(cfg, rng);
-  auto without = [&](const std::string& name) {
-    auto t = tensors;
-    t.erase(std::find_if(t.begin(), t.end(), [&](const auto& p) { return p.first == name; }));
-    return file_with(t);
-  };
+  AttentionConfig cfg = small_gqa_config();
+  const auto tensors = gqa_tensors(cfg, rng);
   std::string msg = message_of<std::runtime_error>(
-      [&] { io::load_gqa_layer<float>(without("o_proj.weight"), cfg, 0); });
+      [&] { io::load_gqa_layer<float>(file_with(without(tensors, "o_proj.weight")), cfg, 0); });
   EXPECT_HAS(msg, "missing weight 'model.layers.0.self_attn.o_proj.weight'");
   EXPECT_HAS(msg, "test.safetensors");
   cfg.qkv_bias = true;  // the config asks for biases the file does not have
@@ -142,19 +81,12 @@ TEST(BadInputs, GqaMissingWeightOrBiasNamesIt) {
 
 TEST(BadInputs, MlaMissingWeightNamesIt) {
   Rng rng(42);
-  const MlaConfig cfg = small_mla();
-  const auto w = testing::random_mla_weights<float>(cfg, rng);
-  std::vector<std::pair<std::string, Matrix<float>>> t = {
-      {"q_a_proj.weight", w.q_a_proj.weight},
-      {"q_a_layernorm.weight", w.q_a_layernorm},
-      {"q_b_proj.weight", w.q_b_proj.weight},
-      {"kv_a_proj_with_mqa.weight", w.kv_a_proj_with_mqa.weight},
-      {"kv_b_proj.weight", w.kv_b_proj.weight},
-      {"o_proj.weight", w.o_proj.weight}};  // no kv_a_layernorm
-  const std::string msg =
-      message_of<std::runtime_error>([&] { io::load_mla_layer<float>(file_with(t), cfg, 0); });
+  const MlaConfig cfg = small_mla_config();
+  const auto t = testing::mla_tensors(testing::random_mla_weights<float>(cfg, rng));
+  const std::string msg = message_of<std::runtime_error>([&] {
+    io::load_mla_layer<float>(file_with(without(t, "kv_a_layernorm.weight")), cfg, 0);
+  });
   EXPECT_HAS(msg, "missing weight 'model.layers.0.self_attn.kv_a_layernorm.weight'");
-  t.push_back({"kv_a_layernorm.weight", w.kv_a_layernorm});
   EXPECT_NO_THROW(io::load_mla_layer<float>(file_with(t), cfg, 0));
 }
 
@@ -163,18 +95,8 @@ TEST(BadInputs, MlaMissingWeightNamesIt) {
 // checkpoint as garbage weights).
 TEST(BadInputs, WrongDtypeWeightIsRejectedByTheLoader) {
   Rng rng(43);
-  const AttentionConfig cfg = small_gqa();
-  auto tensors = gqa_tensors(cfg, rng);
-  io::SafetensorsWriter w;
-  for (const auto& [name, m] : tensors) {
-    if (name == "k_proj.weight") {
-      const Matrix<std::int64_t> ints = m.cast<std::int64_t>();
-      w.add("model.layers.0.self_attn." + name, {ints.rows(), ints.cols()}, ints.data());
-    } else {
-      w.add_eigen("model.layers.0.self_attn." + name, m);
-    }
-  }
-  const auto file = io::SafetensorsFile::from_bytes(w.to_bytes(), "ints.safetensors");
+  const AttentionConfig cfg = small_gqa_config();
+  const auto file = testing::file_with_integer(gqa_tensors(cfg, rng), "k_proj.weight");
   const std::string msg =
       message_of<std::runtime_error>([&] { io::load_gqa_layer<float>(file, cfg, 0); });
   EXPECT_HAS(msg, "k_proj.weight");
@@ -185,7 +107,7 @@ TEST(BadInputs, WrongDtypeWeightIsRejectedByTheLoader) {
 
 TEST(BadInputs, GqaPositionOutsideRopeTableLeavesCacheUsable) {
   Rng rng(44);
-  const GroupedQueryAttention<double> layer(small_gqa(), testing::random_gqa_weights<double>(small_gqa(), rng));
+  const GroupedQueryAttention<double> layer(small_gqa_config(), testing::random_gqa_weights<double>(small_gqa_config(), rng));
   const Matrix<double> x = rng.normal<double>(4, 48);
   Positions pos = positions_from(61, 4);  // 61, 62, 63, 64: the last is outside [0, 64)
   auto cache = layer.make_cache(8);
@@ -203,7 +125,7 @@ TEST(BadInputs, GqaPositionOutsideRopeTableLeavesCacheUsable) {
 
 TEST(BadInputs, MlaDecompressedCachePositionOutsideRopeTable) {
   Rng rng(45);
-  const MultiHeadLatentAttention<double> layer(small_mla(), testing::random_mla_weights<double>(small_mla(), rng));
+  const MultiHeadLatentAttention<double> layer(small_mla_config(), testing::random_mla_weights<double>(small_mla_config(), rng));
   const Matrix<double> x = rng.normal<double>(3, 32);
   auto kv = layer.make_decompressed_cache(6);
   layer.forward(x.topRows(1), positions_from(0, 1), kv);
@@ -223,7 +145,7 @@ TEST(BadInputs, LayerMaxPositionsOptionBoundsTheTable) {
   Rng rng(46);
   MultiHeadLatentAttention<float>::Options opt;
   opt.max_positions = 16;
-  const MultiHeadLatentAttention<float> layer(small_mla(), testing::random_mla_weights<float>(small_mla(), rng), opt);
+  const MultiHeadLatentAttention<float> layer(small_mla_config(), testing::random_mla_weights<float>(small_mla_config(), rng), opt);
   auto cache = layer.make_latent_cache<bfloat16>(4);
   const Matrix<float> x = rng.normal<float>(1, 32);
   for (MlaPath path : {MlaPath::kAbsorbed, MlaPath::kNaive}) {
@@ -239,7 +161,7 @@ TEST(BadInputs, LayerMaxPositionsOptionBoundsTheTable) {
 
 TEST(BadInputs, GqaWrongCacheOrOutputShape) {
   Rng rng(47);
-  const GroupedQueryAttention<float> layer(small_gqa(), testing::random_gqa_weights<float>(small_gqa(), rng));
+  const GroupedQueryAttention<float> layer(small_gqa_config(), testing::random_gqa_weights<float>(small_gqa_config(), rng));
   const Matrix<float> x = rng.normal<float>(2, 48);
   Workspace ws;
   Matrix<float> out(2, 48);
@@ -264,7 +186,7 @@ TEST(BadInputs, GqaWrongCacheOrOutputShape) {
 
 TEST(BadInputs, GqaEmptyInputIsANoOp) {
   Rng rng(48);
-  const GroupedQueryAttention<float> layer(small_gqa(), testing::random_gqa_weights<float>(small_gqa(), rng));
+  const GroupedQueryAttention<float> layer(small_gqa_config(), testing::random_gqa_weights<float>(small_gqa_config(), rng));
   auto cache = layer.make_cache<bfloat16>(3);
   Workspace ws;
   const Matrix<float> x = rng.normal<float>(3, 48);
@@ -287,7 +209,7 @@ TEST(BadInputs, GqaEmptyInputIsANoOp) {
 
 TEST(BadInputs, GqaNanAndInfPropagateWithoutCrashing) {
   Rng rng(49);
-  const GroupedQueryAttention<float> layer(small_gqa(), testing::random_gqa_weights<float>(small_gqa(), rng));
+  const GroupedQueryAttention<float> layer(small_gqa_config(), testing::random_gqa_weights<float>(small_gqa_config(), rng));
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     auto cache = layer.make_cache(6);
     Workspace ws;
@@ -313,7 +235,7 @@ TEST(BadInputs, GqaNanAndInfPropagateWithoutCrashing) {
 TEST(BadInputs, GqaHugeActivationsGiveFiniteOneHotSoftmax) {
   // No norm precedes GQA attention, so activations of 1e15 give logits ~1e29: finite in float,
   // but exp() of their differences over- and underflows unless the maximum is subtracted.
-  const AttentionConfig cfg = small_gqa();
+  const AttentionConfig cfg = small_gqa_config();
   Rng rng(50);
   const auto wd = testing::random_gqa_weights<double>(cfg, rng);
   auto cast = [](const Linear<double>& l) { return Linear<float>{l.weight.cast<float>(), l.bias.cast<float>()}; };

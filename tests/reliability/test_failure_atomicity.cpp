@@ -24,6 +24,7 @@
 
 #include "mla/layers/batched_decode.hpp"
 #include "support/random.hpp"
+#include "support/small_layers.hpp"
 
 // ---- Allocation failure injection -------------------------------------------------------------
 // g_fail_in >= 0: that many more allocations succeed, the next one throws std::bad_alloc (once;
@@ -75,29 +76,8 @@ namespace {
 using kernels::KernelPath;
 using testing::positions_from;
 using testing::Rng;
-
-AttentionConfig gqa_config() {
-  AttentionConfig c;
-  c.hidden_size = 48;
-  c.num_attention_heads = 6;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
-  return c;
-}
-
-MlaConfig mla_config() {
-  MlaConfig c;
-  c.hidden_size = 32;
-  c.num_attention_heads = 2;
-  c.q_lora_rank = 12;
-  c.kv_lora_rank = 16;
-  c.qk_nope_head_dim = 8;
-  c.qk_rope_head_dim = 4;
-  c.v_head_dim = 6;
-  c.max_position_embeddings = 64;
-  return c;
-}
+using testing::small_gqa_config;
+using testing::small_mla_config;
 
 /// Whether the attention kernels refuse `path` (a one-token call over a one-row cache).
 bool kernels_reject(KernelPath path) {
@@ -315,7 +295,7 @@ constexpr Index kTooMany = kCapacity - kHistory + 1;
 
 template <class Scalar, class T>
 void check_gqa() {
-  const AttentionConfig cfg = gqa_config();
+  const AttentionConfig cfg = small_gqa_config();
   Rng rng(1);
   const auto layers = layers_with_paths<GroupedQueryAttention<Scalar>>(
       cfg, testing::random_gqa_weights<Scalar>(cfg, rng));
@@ -337,7 +317,7 @@ void check_gqa() {
 /// MLA over a latent cache: forward (path kNaive or kAbsorbed), or attend when `attend`.
 template <class Scalar, class T>
 void check_mla_latent(MlaPath path, bool attend) {
-  const MlaConfig cfg = mla_config();
+  const MlaConfig cfg = small_mla_config();
   Rng rng(3);
   const auto layers = layers_with_paths<MultiHeadLatentAttention<Scalar>>(
       cfg, testing::random_mla_weights<Scalar>(cfg, rng));
@@ -367,7 +347,7 @@ void check_mla_latent(MlaPath path, bool attend) {
 
 template <class Scalar, class T>
 void check_mla_decompressed() {
-  const MlaConfig cfg = mla_config();
+  const MlaConfig cfg = small_mla_config();
   Rng rng(4);
   const auto layers = layers_with_paths<MultiHeadLatentAttention<Scalar>>(
       cfg, testing::random_mla_weights<Scalar>(cfg, rng));
@@ -390,7 +370,7 @@ void check_mla_decompressed() {
 /// rest for the second; configuration 1 is bad BatchedDecodeOptions.
 template <class Cache, class NewCache>
 void check_batch(NewCache new_cache, const std::string& what) {
-  const MlaConfig cfg = mla_config();
+  const MlaConfig cfg = small_mla_config();
   Rng rng(5);
   const MultiHeadLatentAttention<float> layer(cfg, testing::random_mla_weights<float>(cfg, rng));
   const Matrix<float> history = rng.normal<float>(2 * kHistory, cfg.hidden_size);
@@ -454,7 +434,7 @@ TEST(FailureAtomicity, MlaDecompressedForwardLeavesTheCacheAsItWas) {
 }
 
 TEST(FailureAtomicity, BatchedDecodeLeavesEveryCacheAsItWas) {
-  const MlaConfig cfg = mla_config();
+  const MlaConfig cfg = small_mla_config();
   const Index R = cfg.kv_lora_rank, P = cfg.qk_rope_head_dim;
   check_batch<LatentCache<float>>([&] { return std::make_unique<LatentCache<float>>(R, P, kCapacity); },
                                   "float latent caches");

@@ -4,6 +4,7 @@
 // near INT64_MAX, the sum of q_lens in batched decode, the batched plan's row counts, workspace
 // buffers, head shards. Each passes a value that would overflow and expects std::invalid_argument
 // naming the values; run under UBSan (scripts/sanitize.sh) any overflow left would be a report.
+// (checked_mul / checked_add / checked_elements themselves: tests/core/test_check.cpp.)
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -15,12 +16,13 @@
 #include "mla/cache/latent_cache.hpp"
 #include "mla/cache/paged_latent_cache.hpp"
 #include "mla/cache/quantized_latent_cache.hpp"
-#include "mla/core/check.hpp"
 #include "mla/kernels/decode_engine.hpp"
 #include "mla/layers/batched_decode.hpp"
 #include "mla/layers/sharding.hpp"
 #include "mla/layers/workspace.hpp"
+#include "support/error_message.hpp"
 #include "support/random.hpp"
+#include "support/small_layers.hpp"
 
 namespace mla {
 namespace {
@@ -28,34 +30,8 @@ namespace {
 constexpr Index kMax = std::numeric_limits<Index>::max();
 constexpr Index k2p58 = Index{1} << 58;  // 2^58 * 576 = 9 * 2^64: wraps to exactly 0
 
-/// The message of the std::invalid_argument (or subclass) `fn` throws; a failure if none.
-template <class Fn>
-std::string invalid_argument_of(Fn fn) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no std::invalid_argument";
-  return "";
-}
-
-#define EXPECT_HAS(msg, word) EXPECT_NE((msg).find(word), std::string::npos) << (msg)
-
-TEST(CheckedArithmetic, NamesTheOperandsAndRejectsNegativeOnes) {
-  EXPECT_EQ(internal::checked_mul("a * b", {3, 5}), 15);
-  EXPECT_EQ(internal::checked_mul("a * b * c", {kMax, 1, 1}), kMax);
-  EXPECT_EQ(internal::checked_mul("a * 0", {kMax, 0}), 0);
-  EXPECT_EQ(internal::checked_add("a + b", {kMax - 1, 1}), kMax);
-  std::string msg = invalid_argument_of([] { internal::checked_mul("rows * cols", {k2p58, 576}); });
-  EXPECT_HAS(msg, "rows * cols = 288230376151711744 * 576 overflows int64");
-  msg = invalid_argument_of([] { internal::checked_add("size + n", {1, kMax}); });
-  EXPECT_HAS(msg, "size + n = 1 + 9223372036854775807 overflows int64");
-  EXPECT_HAS(invalid_argument_of([] { internal::checked_mul("x", {-1, 2}); }), "non-negative");
-  EXPECT_HAS(invalid_argument_of([] { internal::checked_add("x", {2, -1}); }), "non-negative");
-  msg = invalid_argument_of([] { internal::checked_elements<float>("buf", {Index{1} << 62}); });
-  EXPECT_HAS(msg, "4611686018427387904 elements of 4 bytes");
-}
+using testing::invalid_argument_of;
+using testing::small_mla_config;
 
 // ---- Contiguous caches: capacity x row width, the row width, room checks. ----
 
@@ -182,23 +158,10 @@ TEST(SizeOverflow, LatentRowsViewBlockStrideProduct) {
 
 // ---- Batched decode: the sum of q_lens, the plan's query rows and work. ----
 
-MlaConfig small_mla() {
-  MlaConfig c;
-  c.hidden_size = 32;
-  c.num_attention_heads = 2;
-  c.q_lora_rank = 12;
-  c.kv_lora_rank = 16;
-  c.qk_nope_head_dim = 8;
-  c.qk_rope_head_dim = 4;
-  c.v_head_dim = 6;
-  c.max_position_embeddings = 64;
-  return c;
-}
-
 TEST(SizeOverflow, BatchedDecodeSumOfQLens) {
   testing::Rng rng(71);
-  const MultiHeadLatentAttention<float> layer(small_mla(),
-                                              testing::random_mla_weights<float>(small_mla(), rng));
+  const MultiHeadLatentAttention<float> layer(small_mla_config(),
+                                              testing::random_mla_weights<float>(small_mla_config(), rng));
   auto a = layer.make_latent_cache(4), b = layer.make_latent_cache(4);
   const Matrix<float> x = rng.normal<float>(2, 32);
   Matrix<float> y(2, 32);
@@ -259,7 +222,7 @@ TEST(SizeOverflow, WorkspaceBufferDims) {
 
 TEST(SizeOverflow, HeadShardRangeAndWeights) {
   testing::Rng rng(72);
-  const MlaConfig cfg = small_mla();
+  const MlaConfig cfg = small_mla_config();
   const auto w = testing::random_mla_weights<float>(cfg, rng);
   // first_head + num_heads would overflow (and pass a wrapped bounds check).
   EXPECT_HAS(invalid_argument_of([&] { make_mla_shard<float>(cfg, w, {kMax, 1}); }),
@@ -271,11 +234,7 @@ TEST(SizeOverflow, HeadShardRangeAndWeights) {
   four.num_attention_heads = 4;
   EXPECT_HAS(invalid_argument_of([&] { make_mla_shard<float>(four, w, {2, 2}); }),
              "weight 'q_b_proj': expected shape [48, 12], got [24, 12]");
-  AttentionConfig g;
-  g.hidden_size = 48;
-  g.num_attention_heads = 6;
-  g.num_key_value_heads = 2;
-  g.head_dim = 8;
+  const AttentionConfig g = testing::small_gqa_config();  // 6 heads over 2 KV heads of 8
   const auto gw = testing::random_gqa_weights<float>(g, rng);
   EXPECT_HAS(invalid_argument_of([&] { make_gqa_shard<float>(g, gw, {kMax - 2, 3}); }),
              "head shard (first_head 9223372036854775805, num_heads 3)");

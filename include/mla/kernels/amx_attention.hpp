@@ -3,10 +3,11 @@
 // (mla_tiles.hpp / decode_engine.hpp: score rows = latent rows [c_kv | k_pe], value rows = their c_kv) and
 // the MHA/GQA kernel (gqa_attention.hpp: a kv head's K and V rows).
 //
-// Sapphire Rapids' tile unit multiplies bf16 tiles at ~1000 FLOP per cycle per core (about 16x
-// the 64 FLOP per cycle of two 512-bit fp32 FMA pipes), with float accumulators. One
-// instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16] where A is row-major bf16
-// and B is stored in pairs along the reduction axis ("VNNI": B[k/2][n][k % 2]).
+// The AMX tile unit multiplies bf16 tiles with float accumulators, at a peak of 1024 FLOP per
+// cycle per core (one 16 x 16 x 32 tdpbf16ps per 16 cycles: 16x the 64 FLOP per cycle of two
+// 512-bit fp32 FMA pipes). One instruction, tdpbf16ps, does C[16 x 16] += A[16 x 32] B[32 x 16]
+// where A is row-major bf16 and B is stored in pairs along the reduction axis ("VNNI":
+// B[k/2][n][k % 2]).
 // A decode step is two such GEMMs per chunk of cache rows, so the work is arranging the operands:
 // - Scores, transposed: S^T[t, m] = K[t, :] . Q[m, :]. A = the cache rows as they are (or a
 //   zero-padded copy where a chunk or a row ends inside a tile), B = the query in VNNI form,
@@ -55,7 +56,7 @@ namespace internal {
 // Cache rows per softmax step of the AMX form (a multiple of 32, the reduction depth of one tile
 // product). Per thread a chunk holds its dense copy (256 x 576 bf16 = 288 KiB), the interleaved
 // c_kv (256 KiB), S^T (128 KiB for 128 query rows) and P (64 KiB), next to the query (144 KiB) and
-// O (256 KiB): ~1.1 MiB of the 2 MiB L2 of a Sapphire Rapids core.
+// O (256 KiB): ~1.1 MiB, inside the 2 MiB per-core L2 of the CPUs that have AMX.
 inline constexpr Index kAmxChunkRows = 256;
 
 /// One thread's scratch of the AMX form, in floats (sizes only when the arena has no base).

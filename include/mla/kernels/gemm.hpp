@@ -337,8 +337,8 @@ void gemm_block(Index m0, Index mc_total, Index n0, Index nc_total, Index K, con
 // Rows of B at least this long are read four at a time (gemv_rows_avx2<4>), shorter ones one
 // after the other. Four rows in lockstep are four sequential streams when each row owns its own
 // pages, but rows of a few KiB share pages, and the hardware prefetcher does not follow reads
-// that hop between rows of one page: timed over 64 MiB of B, rows of 6 KiB streamed faster one
-// at a time and rows of 8 KiB and more four at a time, for float and bf16 alike.
+// that hop between rows of one page. So rows shorter than two pages (8 KiB) are read one after
+// the other, longer ones four at a time; docs/benchmarks.md has the timings around the threshold.
 inline constexpr Index kGemvGroupMinRowBytes = 8192;
 
 }  // namespace internal

@@ -24,8 +24,8 @@
 // - Row-streaming form (g_rows < kGqaPackedMinRows: MHA, small groups). Memory order matters more
 //   than FLOPs here: the L2 stream prefetchers of current x86 cores only follow strictly
 //   ascending reads within a page, so the first pass over each tile reads K and V row after row
-//   (scores_block, accumulate_row_sequential); reading rows in lockstep or in column strips halved
-//   the bandwidth from DRAM.
+//   (scores_block, accumulate_row_sequential); rows read in lockstep or in column strips hop
+//   between pages, and the stream falls back to demand misses.
 // - Packed form (g_rows >= kGqaPackedMinRows: GQA with group >= 6 such as Qwen2.5-72B's 8, or
 //   several new tokens). With 8 query rows per kv head a float cache carries 4 FLOP per byte,
 //   about the balance of one AVX2 core's FMA peak to its share of DRAM bandwidth, so the
@@ -58,12 +58,12 @@ namespace internal {
 // Cache rows per tile of the row-streaming form: a multiple of every micro-kernel height (3, 4,
 // 6) and of 8 (the softmax vectors). The score rows (group * q_len x tile) stay in L1 and the
 // accumulator O (group * q_len x v_dim) is rescaled and reloaded once per tile, which is noise
-// next to the tile's rows of K and V. The sizes were picked by interleaved timing of 48, 96 and 192
-// rows (8 kv heads x 128, L = 16k, 1 and 2 threads, on a core with 32 KiB L1d and 1 MiB L2):
-// - float cache: 96 rows (48 KiB of K or V, an L2 tile) beat 48 for groups of 2-5 and tied for
-//   MHA; fewer switches between the K and the V stream seem to be what pays, as the later query
-//   rows re-read the tile from L2 at no visible cost.
-// - bf16 cache: 48 rows (24 KiB); 96 rows were slower, 192 rows no better than 48.
+// next to the tile's rows of K and V.
+// - float cache: 96 rows (48 KiB of K or V at head_dim 128, a tile that lives in L2): the first
+//   query row streams it from DRAM, the later rows re-read it from L2, and longer tiles mean
+//   fewer switches between the K and the V stream.
+// - bf16 cache: 48 rows (24 KiB); longer bf16 tiles are no faster.
+// The timings of 48, 96 and 192 rows behind both sizes are in docs/benchmarks.md.
 template <class CacheScalar>
 inline constexpr Index kGqaTileRows = std::is_same_v<CacheScalar, float> ? 96 : 48;
 inline constexpr Index kGqaTileRowsMax = 96;
@@ -211,13 +211,13 @@ struct GqaPackedAvx2Ops;
 
 /// AVX2 + FMA tile operations. Cache rows are read in place (float) or widened in registers (bf16).
 /// Blocks hold 8-12 accumulators, enough independent FMA chains to cover the 4-cycle latency on
-/// both pipes; the shapes were picked by timing each block on L1-resident data.
+/// both pipes; each shape is the one that issues the most FMAs per cycle on L1-resident data.
 struct GqaAvx2Ops {
   using Packed = GqaPackedAvx2Ops;  // the packed form's tile operations
   // GR query rows x TR cache rows of dot products over `dim`, reduced to TR scores per row.
   // The K rows are read one after the other (j outer, d inner), never interleaved: the L2
-  // stream prefetcher only follows strictly ascending accesses within a page, and reading 2-8
-  // rows in lockstep about halves the bandwidth from DRAM.
+  // stream prefetcher only follows strictly ascending accesses within a page, and 2-8 rows read
+  // in lockstep are accesses that hop between pages, which it does not follow.
   // The accumulator chains of consecutive rows are independent, so out-of-order execution still
   // overlaps them; with few query rows each dot product is also split over S accumulators
   // (alternate vectors), so GR * TR * S = 12 chains cover the FMA latency. Each K vector serves
@@ -427,8 +427,8 @@ struct GqaAvx2Ops {
   static void accumulate(const float* p, Index ldp, Index g_rows, Index tn, const T* v, Index dim,
                          float* o, Index ldo, const float* alpha) {
     // Row 0 streams the V tile from memory in row order; the other rows then read it from L1/L2
-    // in column strips with register-blocked kernels (shapes picked by timing each on L1-resident
-    // data: 4 x 3 and 3 x 3 with V pinned issue the most FMAs per cycle).
+    // in column strips with register-blocked kernels (4 x 3 and 3 x 3 with V pinned: the shapes
+    // that issue the most FMAs per cycle on L1-resident data).
     accumulate_row_sequential(p, tn, v, dim, o, alpha[0]);
     Index r = 1;
     for (; r + 4 <= g_rows; r += 4)
@@ -580,8 +580,8 @@ void gqa_packed_task(const kernels::GqaAttentionShape& shape, const GqaLayout& l
     Index kstride;
     const float* krows = rows_as_float<Packed>(kh + t0 * head_dim, head_dim, tn, head_dim,
                                                          wide, lay.wide_stride, kstride);
-    // While the scores run, fetch this tile's V rows; while P.V runs, the next tile's K rows.
-    // (Prefetching one tile further ahead, or into L2 only, measured no better.)
+    // While the scores run, fetch this tile's V rows; while P.V runs, the next tile's K rows:
+    // each prefetch is issued one product ahead of the product that reads it.
     const char* v_next = reinterpret_cast<const char*>(vh + t0 * v_dim);
     const Index v_bytes = tn * v_dim * Index(sizeof(CacheScalar));
     const Index tn_next = std::min(kGqaPackedTile, j_end - t0 - tn);

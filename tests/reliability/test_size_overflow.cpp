@@ -193,9 +193,9 @@ TEST(SizeOverflow, BatchedPlanQueryRowsAndWork) {
   std::string msg = invalid_argument_of(
       [&] { kernels::batched_absorbed_attention(Index{1} << 30, &s, 1, 1.0f, ws); });
   EXPECT_HAS(msg, "q_len * num_heads = 1099511627776 * 1073741824 overflows");
-  // Rows fit (2^40 * 2^10), row passes * cache rows (2^43 * 2^40) do not.
+  // Rows fit (2^40 * 2^10), units (128-row passes) * cache rows (2^43 * 2^40) do not.
   msg = invalid_argument_of([&] { kernels::batched_absorbed_attention(1024, &s, 1, 1.0f, ws); });
-  EXPECT_HAS(msg, "row passes * cache rows = 8796093022208 * 1099511627776 overflows");
+  EXPECT_HAS(msg, "units * cache rows = 8796093022208 * 1099511627776 overflows");
   // Two sequences whose work fits alone but not summed.
   kernels::DecodeSequence<float> two[2] = {s, s};
   for (auto& t : two) {

@@ -13,6 +13,7 @@
 #include "mla/layers/batched_decode.hpp"
 #include "mla/presets.hpp"
 #include "support/random.hpp"
+#include "support/small_layers.hpp"
 
 namespace mla {
 namespace {
@@ -21,18 +22,8 @@ using testing::positions_from;
 using testing::rel_max_err;
 using testing::Rng;
 
-MlaConfig small_config() {
-  MlaConfig c;
-  c.hidden_size = 40;
-  c.num_attention_heads = 3;
-  c.q_lora_rank = 24;
-  c.kv_lora_rank = 20;
-  c.qk_nope_head_dim = 12;
-  c.qk_rope_head_dim = 6;
-  c.v_head_dim = 10;
-  c.max_position_embeddings = 256;
-  return c;
-}
+/// The shared small MLA shape (2 heads, q LoRA, kv_lora 16, rope 4).
+MlaConfig small_config() { return testing::small_mla_config(); }
 
 /// V3 attention dims (128 heads: one 128-row unit per token in the decode engine).
 MlaConfig v3_dims() {
@@ -235,8 +226,13 @@ TEST(MlaCaches, FactoriesMatchTheLayer) {
     ADD_FAILURE() << "a pool of other widths was accepted";
   } catch (const std::invalid_argument& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("LatentBlockPool [kv_lora_rank 21"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("[20, 6]"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("LatentBlockPool [kv_lora_rank " + std::to_string(cfg.kv_lora_rank + 1)),
+              std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("does not match the layer [" + std::to_string(cfg.kv_lora_rank) + ", " +
+                       std::to_string(cfg.qk_rope_head_dim) + "]"),
+              std::string::npos)
+        << msg;
   }
   // forward() names the cache type and refuses a paged cache without reserved room.
   auto full = layer.make_paged_cache(pool);

@@ -47,6 +47,21 @@ void dispatch_width(Index n, F&& f) {
   }
 }
 
+/// Calls fn(Ops{}) for the kernel path `path` picks at run time, Ops being one of a kernel's tile
+/// operation sets (portable, AVX2, AVX-512, AMX); throws as kernels::resolve_path does when the
+/// CPU lacks the path. kAmx is only taken when asked for (resolve_path never picks it).
+template <class Portable, class Avx2, class Avx512, class Amx, class Fn>
+void with_path_ops(kernels::KernelPath path, Fn&& fn) {
+  const kernels::KernelPath p = kernels::resolve_path(path);
+#if MLA_X86_SIMD
+  if (path == kernels::KernelPath::kAmx) return fn(Amx{});
+  if (p == kernels::KernelPath::kAvx512) return fn(Avx512{});
+  if (p == kernels::KernelPath::kAvx2) return fn(Avx2{});
+#endif
+  (void)p;
+  fn(Portable{});
+}
+
 /// Causal rule on a tile of scores stored column-wise, S^T[t * lds + i] for the tile's cache rows
 /// t0 .. t0 + tn - 1 and query rows i < rows: query row i belongs to token (row0 + i) /
 /// rows_per_token and cannot see cache rows >= first_masked + that token (set to -inf).

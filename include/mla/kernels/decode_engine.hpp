@@ -719,6 +719,25 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
 
 namespace kernels {
 
+}  // namespace kernels
+
+namespace internal {
+/// The checks run_decode and run_gqa_decode share: the plan's kind, batch size and threads.
+inline void check_run(const kernels::DecodePlan& plan, kernels::DecodeKind kind, Index batch,
+                      const void* seqs, ThreadPool* pool, const char* what) {
+  MLA_CHECK_ARG(plan.kind() == kind, what, kind == kernels::DecodeKind::kGqa
+                                               ? ": the plan is for absorbed MLA (plan); use run_decode"
+                                               : ": the plan is for MHA / GQA (plan_gqa); use run_gqa_decode");
+  MLA_CHECK_ARG(batch == plan.batch(), what, ": ", batch, " sequences, the plan has ",
+                plan.batch());
+  MLA_CHECK_ARG(batch == 0 || seqs != nullptr, what, ": no sequences (batch ", batch, ")");
+  MLA_CHECK_ARG(num_threads(pool) <= plan.threads(), what, ": the pool has ", num_threads(pool),
+                " threads, the plan was made for ", plan.threads());
+}
+}  // namespace internal
+
+namespace kernels {
+
 /// Runs a planned decode step (see the header comment): for every sequence b and query row m
 /// (token m / num_heads) over the rows j its token sees,
 ///   s_j = softmax_scale (q_lat[m] . c_j + q_pe[m] . k_pe_j),
@@ -736,13 +755,7 @@ void run_decode(const DecodePlan& plan, const DecodeSequence<T>* seqs, Index bat
                 float softmax_scale, DecodeWorkspace& ws, ThreadPool* pool = nullptr,
                 KernelPath path = KernelPath::kAuto) {
   const char* what = "run_decode";
-  MLA_CHECK_ARG(plan.kind() == DecodeKind::kMlaAbsorbed, what,
-                ": the plan is for MHA / GQA (plan_gqa); use run_gqa_decode");
-  MLA_CHECK_ARG(batch == plan.batch(), what, ": ", batch, " sequences, the plan has ",
-                plan.batch());
-  MLA_CHECK_ARG(batch == 0 || seqs != nullptr, what, ": no sequences (batch ", batch, ")");
-  MLA_CHECK_ARG(num_threads(pool) <= plan.threads(), what, ": the pool has ", num_threads(pool),
-                " threads, the plan was made for ", plan.threads());
+  internal::check_run(plan, DecodeKind::kMlaAbsorbed, batch, seqs, pool, what);
   const Index R = plan.kv_lora_rank(), P = plan.rope_dim();
   for (Index b = 0; b < batch; ++b) {
     const DecodeSequence<T>& s = seqs[b];
@@ -933,13 +946,7 @@ void run_gqa_decode(const DecodePlan& plan, const GqaDecodeSequence<T>* seqs, In
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
                 "run_gqa_decode: the cache holds float or mla::bfloat16");
   const char* what = "run_gqa_decode";
-  MLA_CHECK_ARG(plan.kind() == DecodeKind::kGqa, what,
-                ": the plan is for absorbed MLA (plan); use run_decode");
-  MLA_CHECK_ARG(batch == plan.batch(), what, ": ", batch, " sequences, the plan has ",
-                plan.batch());
-  MLA_CHECK_ARG(batch == 0 || seqs != nullptr, what, ": no sequences (batch ", batch, ")");
-  MLA_CHECK_ARG(num_threads(pool) <= plan.threads(), what, ": the pool has ", num_threads(pool),
-                " threads, the plan was made for ", plan.threads());
+  internal::check_run(plan, DecodeKind::kGqa, batch, seqs, pool, what);
   for (Index b = 0; b < batch; ++b) {
     const GqaDecodeSequence<T>& s = seqs[b];
     MLA_CHECK_ARG(s.q_len == plan.q_len(b) && s.len == plan.len(b), what, ", sequence ", b,

@@ -709,14 +709,11 @@ void gqa_rows_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay
 /// kernels::resolve_path does when the CPU lacks the path.
 template <class Fn>
 void with_gqa_ops(kernels::KernelPath path, Fn&& fn) {
-  const kernels::KernelPath p = kernels::resolve_path(path);
 #if MLA_X86_SIMD
-  if (path == kernels::KernelPath::kAmx) return fn(GqaAmxOps{});
-  if (p == kernels::KernelPath::kAvx512) return fn(GqaAvx512Ops{});
-  if (p == kernels::KernelPath::kAvx2) return fn(GqaAvx2Ops{});
+  with_path_ops<GqaPortableOps, GqaAvx2Ops, GqaAvx512Ops, GqaAmxOps>(path, std::forward<Fn>(fn));
+#else
+  with_path_ops<GqaPortableOps, GqaPortableOps, GqaPortableOps, GqaPortableOps>(path, std::forward<Fn>(fn));
 #endif
-  (void)p;
-  fn(GqaPortableOps{});
 }
 
 /// Runs cache rows [j_begin, j_end) of kv head `head` in the form the path and the head's rows

@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "mla/core/check.hpp"
 #include "mla/core/threading.hpp"
@@ -499,14 +500,11 @@ constexpr bool uses_amx_form() {
 /// time; throws as kernels::resolve_path does when the CPU lacks the path.
 template <class Fn>
 void with_mla_ops(kernels::KernelPath path, Fn&& fn) {
-  const kernels::KernelPath p = kernels::resolve_path(path);
 #if MLA_X86_SIMD
-  if (path == kernels::KernelPath::kAmx) return fn(MlaAmxOps{});
-  if (p == kernels::KernelPath::kAvx512) return fn(MlaAvx512Ops{});
-  if (p == kernels::KernelPath::kAvx2) return fn(MlaAvx2Ops{});
+  with_path_ops<MlaPortableOps, MlaAvx2Ops, MlaAvx512Ops, MlaAmxOps>(path, std::forward<Fn>(fn));
+#else
+  with_path_ops<MlaPortableOps, MlaPortableOps, MlaPortableOps, MlaPortableOps>(path, std::forward<Fn>(fn));
 #endif
-  (void)p;
-  fn(MlaPortableOps{});
 }
 
 }  // namespace internal

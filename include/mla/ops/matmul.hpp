@@ -1,12 +1,23 @@
 // Matrix products of the layers on Eigen operands: C = A op(B) (+ C), with op(B) = B^T for
 // nn.Linear weights [out, in] and K-like rows, op(B) = B for V-like rows. Float operands with
-// row-major, unit-stride rows run mla::kernels::gemm (packed AVX2 GEMM, threaded through the
-// caller's pool); anything else (the double instantiations the float path is tested against,
-// column-major or strided expressions) is evaluated by Eigen.
+// row-major, unit-stride rows run mla::kernels::gemm (packed AVX2 / AVX-512 GEMM, threaded through
+// the caller's pool); anything else (the double instantiations the float path is tested against,
+// column-major or strided operands) is evaluated by Eigen through eigen_matmul().
+//
+// eigen_matmul() reduces every operand to a pointer and a row and column stride and hands them to
+// strided_gemm(), a function of the scalar type only. It views the operands as Eigen maps of
+// fixed types (row- or column-major, runtime outer stride), so a translation unit instantiates
+// Eigen's product machinery (GEMM, GEMV, the small coefficient-wise product) a few times per
+// scalar type instead of once for every combination of block, map and transpose expressions that
+// the layers pass in. Maps of the same memory in the same storage order give Eigen the same
+// product it would have run on the expressions.
 #pragma once
 
 #include <type_traits>
+#include <utility>
 
+#include "mla/core/check.hpp"
+#include "mla/core/macros.hpp"
 #include "mla/core/threading.hpp"
 #include "mla/core/types.hpp"
 #include "mla/kernels/gemm.hpp"
@@ -20,25 +31,130 @@ constexpr bool has_contiguous_rows() {
   return (int(E::Flags) & Eigen::DirectAccessBit) != 0 && (int(E::Flags) & Eigen::RowMajorBit) != 0;
 }
 
-/// C = A op(B), or C += A op(B) when `accumulate`. C must not alias A or B.
+/// A matrix in memory: element (i, j) at data[i * row_stride + j * col_stride].
+template <class S>
+struct StridedMatrix {
+  S* data;
+  Index rows, cols, row_stride, col_stride;
+
+  /// Rows contiguous (a row-major view with outer stride row_stride serves); a single column
+  /// qualifies whatever its column stride.
+  bool row_major() const { return col_stride == 1 || cols == 1; }
+  /// Columns contiguous (a column-major view with outer stride col_stride serves).
+  bool col_major() const { return row_stride == 1 || rows == 1; }
+  /// The transpose: the same memory with the strides swapped.
+  StridedMatrix transposed() const { return {data, cols, rows, col_stride, row_stride}; }
+};
+
+/// C [m, n] = A [m, k] B [k, n], or C += A B when `accumulate`, evaluated by Eigen. C must not
+/// overlap A or B. The layers pass A and C with contiguous rows and B with contiguous rows (V-like
+/// operands) or columns (transposed weights and K rows): those four cases run on maps of the
+/// caller's memory. Any other operand (column-major C is transposed instead) is first copied into
+/// a row-major temporary. One instantiation per scalar type: see the header comment.
+template <class S>
+MLA_NOINLINE void strided_gemm(StridedMatrix<const S> a, StridedMatrix<const S> b,
+                               StridedMatrix<S> c, bool accumulate) {
+  using RowMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ColMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  using Stride = Eigen::OuterStride<>;
+  MLA_DCHECK(a.rows == c.rows && b.cols == c.cols && a.cols == b.rows);
+  if (c.rows == 0 || c.cols == 0) return;
+  if (!c.row_major()) {
+    if (c.col_major()) {
+      // C^T = B^T A^T, whose result is row-major.
+      strided_gemm<S>(b.transposed(), a.transposed(), c.transposed(), accumulate);
+    } else {
+      RowMajor tmp(c.rows, c.cols);
+      strided_gemm<S>(a, b, {tmp.data(), c.rows, c.cols, c.cols, 1}, false);
+      for (Index i = 0; i < c.rows; ++i)
+        for (Index j = 0; j < c.cols; ++j) {
+          S& dst = c.data[i * c.row_stride + j * c.col_stride];
+          dst = accumulate ? dst + tmp(i, j) : tmp(i, j);
+        }
+    }
+    return;
+  }
+  RowMajor a_copy, b_copy;
+  auto copy = [](StridedMatrix<const S> m, RowMajor& dst) {
+    dst.resize(m.rows, m.cols);
+    for (Index i = 0; i < m.rows; ++i)
+      for (Index j = 0; j < m.cols; ++j) dst(i, j) = m.data[i * m.row_stride + j * m.col_stride];
+    return StridedMatrix<const S>{dst.data(), m.rows, m.cols, m.cols, 1};
+  };
+  if (!a.row_major()) a = copy(a, a_copy);
+  if (!b.row_major() && !b.col_major()) b = copy(b, b_copy);
+  Eigen::Map<RowMajor, 0, Stride> cm(c.data, c.rows, c.cols, Stride(c.row_stride));
+  const Eigen::Map<const RowMajor, 0, Stride> am(a.data, a.rows, a.cols, Stride(a.row_stride));
+  // C = A B is C = 0 then C += A B, which is also how Eigen evaluates an assigned product; one
+  // form halves the instantiations.
+  if (!accumulate) cm.setZero();
+  if (b.row_major())
+    cm.noalias() += am * Eigen::Map<const RowMajor, 0, Stride>(b.data, b.rows, b.cols, Stride(b.row_stride));
+  else
+    cm.noalias() += am * Eigen::Map<const ColMajor, 0, Stride>(b.data, b.rows, b.cols, Stride(b.col_stride));
+}
+
+/// The StridedMatrix of an expression with direct access (Map, Ref, Block of one, ...); its
+/// elements are const unless `e` is a writable expression passed as non-const.
+template <class MB>
+auto strided_matrix(MB& e) {
+  using S = std::remove_pointer_t<decltype(e.derived().data())>;
+  return StridedMatrix<S>{e.derived().data(), e.rows(), e.cols(), e.derived().rowStride(),
+                          e.derived().colStride()};
+}
+
+/// C = A op(B), or C += A op(B) when `accumulate`, evaluated by Eigen through strided_gemm. B of
+/// another scalar type than A (bfloat16 weights) and operands without direct access are
+/// evaluated into a temporary of A's scalar type first. C must not alias A or B.
+template <class A, class B, class C>
+void eigen_matmul(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b,
+                  kernels::GemmB layout, const Eigen::MatrixBase<C>& c_const, bool accumulate) {
+  using S = typename A::Scalar;
+  static_assert(std::is_same_v<typename C::Scalar, S>, "eigen_matmul: C and A differ in scalar");
+  constexpr bool a_direct = (int(A::Flags) & Eigen::DirectAccessBit) != 0;
+  constexpr bool b_direct = (int(B::Flags) & Eigen::DirectAccessBit) != 0 &&
+                            std::is_same_v<typename B::Scalar, S>;
+  constexpr bool c_direct = (int(C::Flags) & Eigen::DirectAccessBit) != 0 &&
+                            (int(C::Flags) & Eigen::LvalueBit) != 0;
+  auto& c = const_cast<Eigen::MatrixBase<C>&>(c_const);
+  if constexpr (!a_direct) {
+    const Matrix<S> a_eval = a;
+    eigen_matmul(a_eval, b, layout, c, accumulate);
+  } else if constexpr (!b_direct) {
+    const Matrix<S> b_eval = b.template cast<S>();
+    eigen_matmul(a, b_eval, layout, c, accumulate);
+  } else if constexpr (!c_direct) {
+    Matrix<S> c_eval(c.rows(), c.cols());
+    eigen_matmul(a, b, layout, c_eval, false);
+    if (accumulate) c += c_eval;
+    else c = c_eval;
+  } else {
+    const StridedMatrix<const S> sb = strided_matrix(b);
+    strided_gemm<S>(strided_matrix(a),
+                    layout == kernels::GemmB::kTransposed ? sb.transposed() : sb,
+                    strided_matrix(c), accumulate);
+  }
+}
+
+/// C = A op(B), or C += A op(B) when `accumulate`: kernels::gemm for float operands with
+/// contiguous rows (B float or bfloat16), else eigen_matmul. C must not alias A or B.
 template <class A, class B, class C>
 void matmul(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b, kernels::GemmB layout,
-            const Eigen::MatrixBase<C>& c_const, bool accumulate, kernels::GemmWorkspace& ws,
+            const Eigen::MatrixBase<C>& c, bool accumulate, kernels::GemmWorkspace& ws,
             ThreadPool* pool) {
-  // Eigen's idiom for writing through a const reference to an expression (blocks are temporaries).
-  auto& c = const_cast<Eigen::MatrixBase<C>&>(c_const);
   using SA = typename A::Scalar;
   using SB = typename B::Scalar;
   using SC = typename C::Scalar;
   const bool transposed = layout == kernels::GemmB::kTransposed;
   MLA_DCHECK(c.rows() == a.rows() && a.cols() == (transposed ? b.cols() : b.rows()) &&
              c.cols() == (transposed ? b.rows() : b.cols()));
+  (void)transposed;
   if constexpr (std::is_same_v<SA, float> && std::is_same_v<SC, float> &&
                 (std::is_same_v<SB, float> || std::is_same_v<SB, bfloat16>) &&
                 has_contiguous_rows<A>() && has_contiguous_rows<B>() && has_contiguous_rows<C>()) {
     const auto& ad = a.derived();
     const auto& bd = b.derived();
-    auto& cd = c.derived();
+    auto& cd = const_cast<C&>(c.derived());
     if (ad.innerStride() == 1 && bd.innerStride() == 1 && cd.innerStride() == 1) {
       // A single row reports outerStride() == its length whatever its storage; that is all gemm
       // reads of it.
@@ -50,23 +166,7 @@ void matmul(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b, kernel
       return;
     }
   }
-  if constexpr (std::is_same_v<SB, SA>) {
-    if (transposed) {
-      if (accumulate) c.noalias() += a * b.transpose();
-      else c.noalias() = a * b.transpose();
-    } else {
-      if (accumulate) c.noalias() += a * b;
-      else c.noalias() = a * b;
-    }
-  } else {
-    if (transposed) {
-      if (accumulate) c.noalias() += a * b.template cast<SA>().transpose();
-      else c.noalias() = a * b.template cast<SA>().transpose();
-    } else {
-      if (accumulate) c.noalias() += a * b.template cast<SA>();
-      else c.noalias() = a * b.template cast<SA>();
-    }
-  }
+  eigen_matmul(a, b, layout, c, accumulate);
 }
 
 }  // namespace internal

@@ -67,12 +67,10 @@ struct Linear {
   template <class In, class Out>
   void apply(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>& y) const {
     MLA_DCHECK(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features());
-    if (stored_as_bf16()) {
-      if constexpr (std::is_same_v<Scalar, float>)
-        internal::eigen_matmul(x, weight_bf16, kernels::GemmB::kTransposed, y, false);
-    } else {
+    if (stored_as_bf16())
+      internal::eigen_matmul(x, weight_bf16, kernels::GemmB::kTransposed, y, false);
+    else
       internal::eigen_matmul(x, weight, kernels::GemmB::kTransposed, y, false);
-    }
     add_bias(y);
   }
   template <class In, class Out>
@@ -86,13 +84,10 @@ struct Linear {
   void apply(const Eigen::MatrixBase<In>& x, const Eigen::MatrixBase<Out>& y,
              kernels::GemmWorkspace& gemm_ws, ThreadPool* pool) const {
     MLA_DCHECK(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features());
-    if (stored_as_bf16()) {
-      // Only float layers store bf16 weights (store_as_bf16), so only they compile this product.
-      if constexpr (std::is_same_v<Scalar, float>)
-        internal::matmul(x, weight_bf16, kernels::GemmB::kTransposed, y, false, gemm_ws, pool);
-    } else {
+    if (stored_as_bf16())
+      internal::matmul(x, weight_bf16, kernels::GemmB::kTransposed, y, false, gemm_ws, pool);
+    else
       internal::matmul(x, weight, kernels::GemmB::kTransposed, y, false, gemm_ws, pool);
-    }
     add_bias(const_cast<Eigen::MatrixBase<Out>&>(y));
   }
 

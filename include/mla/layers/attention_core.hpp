@@ -69,8 +69,8 @@ void causal_probs_times_values(const P& p, const V& v, Out& out, Workspace& ws) 
       for (Index t = s0; t < s0 + sub; ++t) {
         const Index extra = t - s0 + 1;
         auto ot = out.middleRows(t, 1);
-        eigen_matmul(p.block(t, full, 1, extra), v.middleRows(full, extra),
-                     kernels::GemmB::kPlain, ot, true);
+        matmul(p.block(t, full, 1, extra), v.middleRows(full, extra), kernels::GemmB::kPlain, ot,
+               true, ws.gemm_kernel, nullptr);  // one short row: no threads
       }
     }
   }

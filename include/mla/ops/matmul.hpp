@@ -5,14 +5,13 @@
 // column-major or strided operands) is evaluated by Eigen through eigen_matmul().
 //
 // eigen_matmul() reduces every operand to a pointer and a row and column stride and hands them to
-// strided_gemm(), a function of the scalar type only. It views the operands as Eigen maps of
-// fixed types (row- or column-major, runtime outer stride), so a translation unit instantiates
-// Eigen's product machinery (GEMM, GEMV, the small coefficient-wise product) a few times per
-// scalar type instead of once for every combination of block, map and transpose expressions that
-// the layers pass in. Maps of the same memory in the same storage order give Eigen the same
-// product it would have run on the expressions.
+// strided_gemm(), a function of the scalar type only, which runs Eigen's blocked GEMM kernel on
+// them. A translation unit thus compiles Eigen's GEMM twice per scalar type (B row- or
+// column-major) instead of Eigen's whole product evaluator (GEMM, GEMV and a coefficient-wise
+// product) for every combination of block, map and transpose expressions the layers pass in.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -48,15 +47,13 @@ struct StridedMatrix {
 
 /// C [m, n] = A [m, k] B [k, n], or C += A B when `accumulate`, evaluated by Eigen. C must not
 /// overlap A or B. The layers pass A and C with contiguous rows and B with contiguous rows (V-like
-/// operands) or columns (transposed weights and K rows): those four cases run on maps of the
-/// caller's memory. Any other operand (column-major C is transposed instead) is first copied into
-/// a row-major temporary. One instantiation per scalar type: see the header comment.
+/// operands) or columns (transposed weights and K rows): those run on the caller's memory. Any
+/// other operand is first copied into a row-major temporary (a column-major C is computed as
+/// C^T = B^T A^T instead). One instantiation per scalar type: see the header comment.
 template <class S>
 MLA_NOINLINE void strided_gemm(StridedMatrix<const S> a, StridedMatrix<const S> b,
                                StridedMatrix<S> c, bool accumulate) {
   using RowMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using ColMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
-  using Stride = Eigen::OuterStride<>;
   MLA_DCHECK(a.rows == c.rows && b.cols == c.cols && a.cols == b.rows);
   if (c.rows == 0 || c.cols == 0) return;
   if (!c.row_major()) {
@@ -83,15 +80,42 @@ MLA_NOINLINE void strided_gemm(StridedMatrix<const S> a, StridedMatrix<const S> 
   };
   if (!a.row_major()) a = copy(a, a_copy);
   if (!b.row_major() && !b.col_major()) b = copy(b, b_copy);
+  if (!accumulate) {
+    for (Index i = 0; i < c.rows; ++i)
+      std::fill(c.data + i * c.row_stride, c.data + i * c.row_stride + c.cols, S(0));
+  }
+  if (a.cols == 0) return;
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0) && !EIGEN_VERSION_AT_LEAST(3, 4, 90)
+  // Eigen's blocked GEMM kernel itself, as its product evaluator calls it for large operands:
+  // one instantiation per layout of B, and none of the GEMV and coefficient-wise product code
+  // that the evaluator compiles for small and vector operands (most of its compile time). Small
+  // and single-row products thus also take the blocked kernel, which sums in another order.
+  using Blocking =
+      Eigen::internal::gemm_blocking_space<Eigen::RowMajor, S, S, Eigen::Dynamic, Eigen::Dynamic,
+                                           Eigen::Dynamic>;
+  Blocking blocking(c.rows, c.cols, a.cols, 1, true);
+  if (b.row_major())
+    Eigen::internal::general_matrix_matrix_product<Index, S, Eigen::RowMajor, false, S, Eigen::RowMajor,
+                                                   false, Eigen::RowMajor, 1>::run(
+        c.rows, c.cols, a.cols, a.data, a.row_stride, b.data, b.row_stride, c.data, 1, c.row_stride,
+        S(1), blocking, nullptr);
+  else
+    Eigen::internal::general_matrix_matrix_product<Index, S, Eigen::RowMajor, false, S, Eigen::ColMajor,
+                                                   false, Eigen::RowMajor, 1>::run(
+        c.rows, c.cols, a.cols, a.data, a.row_stride, b.data, b.col_stride, c.data, 1, c.row_stride,
+        S(1), blocking, nullptr);
+#else
+  // Other Eigen versions: the public product on maps (the evaluator picks GEMM, GEMV or a
+  // coefficient-wise product by size).
+  using ColMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  using Stride = Eigen::OuterStride<>;
   Eigen::Map<RowMajor, 0, Stride> cm(c.data, c.rows, c.cols, Stride(c.row_stride));
   const Eigen::Map<const RowMajor, 0, Stride> am(a.data, a.rows, a.cols, Stride(a.row_stride));
-  // C = A B is C = 0 then C += A B, which is also how Eigen evaluates an assigned product; one
-  // form halves the instantiations.
-  if (!accumulate) cm.setZero();
   if (b.row_major())
     cm.noalias() += am * Eigen::Map<const RowMajor, 0, Stride>(b.data, b.rows, b.cols, Stride(b.row_stride));
   else
     cm.noalias() += am * Eigen::Map<const ColMajor, 0, Stride>(b.data, b.rows, b.cols, Stride(b.col_stride));
+#endif
 }
 
 /// The StridedMatrix of an expression with direct access (Map, Ref, Block of one, ...); its
@@ -155,7 +179,12 @@ void matmul(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b, kernel
     const auto& ad = a.derived();
     const auto& bd = b.derived();
     auto& cd = const_cast<C&>(c.derived());
-    if (ad.innerStride() == 1 && bd.innerStride() == 1 && cd.innerStride() == 1) {
+    // Unit inner strides known at compile time (maps, blocks, Refs of row-major matrices): no
+    // Eigen fallback is compiled for this call.
+    constexpr bool unit_strides = int(A::InnerStrideAtCompileTime) == 1 &&
+                                  int(B::InnerStrideAtCompileTime) == 1 &&
+                                  int(C::InnerStrideAtCompileTime) == 1;
+    if (unit_strides || (ad.innerStride() == 1 && bd.innerStride() == 1 && cd.innerStride() == 1)) {
       // A single row reports outerStride() == its length whatever its storage; that is all gemm
       // reads of it.
       const Index lda = a.rows() == 1 ? a.cols() : ad.outerStride();
@@ -165,8 +194,10 @@ void matmul(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b, kernel
                     ldc, accumulate, ws, pool);
       return;
     }
+    if constexpr (!unit_strides) eigen_matmul(a, b, layout, c, accumulate);
+  } else {
+    eigen_matmul(a, b, layout, c, accumulate);
   }
-  eigen_matmul(a, b, layout, c, accumulate);
 }
 
 }  // namespace internal

@@ -15,17 +15,94 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace mla {
 namespace internal {
 
-/// Concatenates any streamable values into one string (for error messages).
+/// One argument of an error message, held by value (numbers, characters) or by pointer (text,
+/// anything else streamable, which must outlive the piece: str_cat's arguments do).
+class MessagePiece {
+ public:
+  template <class T>
+  MessagePiece(const T& v) {  // NOLINT(google-explicit-constructor): built from str_cat's args
+    if constexpr (std::is_convertible_v<const T&, const char*>) {
+      kind_ = kText;
+      text_ = v;
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      kind_ = kText;
+      text_ = v.c_str();
+    } else if constexpr (std::is_same_v<T, char> || std::is_same_v<T, signed char> ||
+                         std::is_same_v<T, unsigned char>) {
+      kind_ = kChar;
+      c_ = static_cast<char>(v);
+    } else if constexpr (std::is_same_v<T, bool>) {
+      kind_ = kChar;
+      c_ = v ? '1' : '0';
+    } else if constexpr (std::is_integral_v<T> && std::is_signed_v<T>) {
+      kind_ = kSigned;
+      i_ = v;
+    } else if constexpr (std::is_integral_v<T>) {
+      kind_ = kUnsigned;
+      u_ = v;
+    } else if constexpr (std::is_same_v<T, double> || std::is_same_v<T, float>) {
+      kind_ = kDouble;
+      d_ = v;
+    } else {
+      kind_ = kOther;
+      other_ = &v;
+      stream_ = [](std::ostream& os, const void* p) { os << *static_cast<const T*>(p); };
+    }
+  }
+
+  /// Streams the piece as `os << value` would the original argument (bool as 0/1, a null char
+  /// pointer as nothing).
+  void stream(std::ostream& os) const {
+    switch (kind_) {
+      case kText: if (text_ != nullptr) os << text_; break;
+      case kChar: os << c_; break;
+      case kSigned: os << i_; break;
+      case kUnsigned: os << u_; break;
+      case kDouble: os << d_; break;
+      case kOther: stream_(os, other_); break;
+    }
+  }
+
+ private:
+  enum Kind { kText, kChar, kSigned, kUnsigned, kDouble, kOther } kind_;
+  union {
+    const char* text_;
+    char c_;
+    long long i_;
+    unsigned long long u_;
+    double d_;
+    const void* other_;
+  };
+  void (*stream_)(std::ostream&, const void*) = nullptr;
+};
+
+/// The pieces streamed one after the other into one string. Out of line: every message of a
+/// translation unit shares it, and a check site only fills its array of pieces.
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline, cold))
+#endif
+inline std::string join_message(const MessagePiece* pieces, std::size_t n) {
+  std::ostringstream os;
+  for (std::size_t i = 0; i < n; ++i) pieces[i].stream(os);
+  return os.str();
+}
+
+/// Concatenates any streamable values into one string (for error messages), formatted as
+/// `std::ostream << value` formats each.
 template <class... Args>
 std::string str_cat(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
+  if constexpr (sizeof...(Args) == 0) {
+    return std::string();
+  } else {
+    const MessagePiece pieces[] = {MessagePiece(args)...};
+    return join_message(pieces, sizeof...(Args));
+  }
 }
 
 /// Formats a shape as "[a, b, c]".

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "mla/core/check.hpp"
+#include "mla/core/macros.hpp"
 #include "mla/core/types.hpp"
 
 namespace mla {
@@ -63,11 +64,20 @@ class ThreadPool {
       return;
     }
     using F = std::remove_reference_t<Fn>;
+    run_job(n_tasks, [](void* ctx, Index task, int thread) { (*static_cast<F*>(ctx))(task, thread); },
+            const_cast<void*>(static_cast<const void*>(&fn)));
+  }
+
+ private:
+  /// The multi-threaded part of parallel_for, the same code for every callable (which it reaches
+  /// through `invoke(ctx, task, thread)`) and kept out of line, so a call site compiles only the
+  /// forwarding template above and the callable's invoker.
+  MLA_NOINLINE void run_job(Index n_tasks, void (*invoke)(void*, Index, int), void* ctx) {
     std::lock_guard<std::mutex> serial(call_mu_);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      invoke_ = [](void* ctx, Index task, int thread) { (*static_cast<F*>(ctx))(task, thread); };
-      ctx_ = const_cast<void*>(static_cast<const void*>(&fn));
+      invoke_ = invoke;
+      ctx_ = ctx;
       n_tasks_ = n_tasks;
       next_task_.store(0, std::memory_order_relaxed);
       busy_.store(num_threads_ - 1, std::memory_order_relaxed);
@@ -83,7 +93,6 @@ class ThreadPool {
     }
   }
 
- private:
   // How long a thread polls before it blocks on a condition variable. Decode calls come back to
   // back (one or two parallel_for per kernel, a few per layer), and waking a blocked thread costs
   // tens of microseconds or more (an OS round trip; measurements in docs/benchmarks.md), a visible

@@ -1,7 +1,7 @@
 // Decode attention on the AMX tile unit over a bf16 cache (kernels::KernelPath::kAmx): the
-// tile operations and one split's flash-decoding loop, shared by the absorbed-MLA kernel
-// (mla_tiles.hpp / decode_engine.hpp: score rows = latent rows [c_kv | k_pe], value rows = their c_kv) and
-// the MHA/GQA kernel (gqa_attention.hpp: a kv head's K and V rows).
+// tile operations and one split's flash-decoding loop, shared by absorbed MLA (mla_tiles.hpp,
+// decode_engine.hpp: score rows = latent rows [c_kv | k_pe], value rows = their c_kv) and
+// the MHA/GQA forms (gqa_tiles.hpp: a kv head's K and V rows).
 //
 // The AMX tile unit multiplies bf16 tiles with float accumulators, at a peak of 1024 FLOP per
 // cycle per core (one 16 x 16 x 32 tdpbf16ps per 16 cycles: 16x the 64 FLOP per cycle of two

@@ -1,7 +1,7 @@
-// Pieces shared by the fast decode-attention kernels (the MLA decode engine and its tiles,
-// decode_engine.hpp / mla_tiles.hpp, and gqa_attention.hpp): picking a micro-kernel instantiation by a runtime size, the causal mask on
-// a tile of scores, reading a cache tile as float rows, and the log-sum-exp combine of split-KV
-// partial results. It also brings in what every kernel builds on: the call shapes
+// Pieces shared by the decode engine (decode_engine.hpp) and its tile operations (mla_tiles.hpp,
+// gqa_tiles.hpp): the choice of a path's operations, picking a micro-kernel instantiation by a
+// runtime size, the causal mask on a tile of scores, reading a cache tile as float rows, and the
+// log-sum-exp combine of split-KV partial results. It also brings in what every kernel builds on: the call shapes
 // (core/shapes.hpp), the kernel path and its runtime choice (core/isa.hpp), aligned scratch
 // (core/arena.hpp) and the per-instruction-set SIMD helpers (mla/simd/).
 //

@@ -69,7 +69,9 @@ void causal_probs_times_values(const P& p, const V& v, Out& out, Workspace& ws) 
       }
       for (Index t = s0; t < s0 + sub; ++t) {
         const Index extra = t - s0 + 1;
-        out.row(t).noalias() += p.row(t).segment(full, extra) * v.middleRows(full, extra);
+        auto ot = out.middleRows(t, 1);
+        matmul(p.block(t, full, 1, extra), v.middleRows(full, extra), kernels::GemmB::kPlain, ot,
+               true, ws.gemm_kernel, nullptr);  // one short row: no threads
       }
     }
   }
@@ -153,11 +155,13 @@ void absorbed_attention_generic(const Scalar* q_lat, const Scalar* q_pe, Index n
     ConstMatrixMap<Scalar> qp(q_pe + t * num_heads * P, num_heads, P);
     MatrixMap<Scalar> ot(o_lat + t * num_heads * R, num_heads, R);
     auto st = s.leftCols(visible);
-    st.noalias() = ql * c.topRows(visible).leftCols(R).transpose();
-    st.noalias() += qp * c.topRows(visible).rightCols(P).transpose();
+    // Through the one strided GEMM per scalar type (ops/matmul.hpp) rather than Eigen product
+    // expressions: each distinct expression would compile Eigen's product machinery again.
+    eigen_matmul(ql, c.topRows(visible).leftCols(R), kernels::GemmB::kTransposed, st, false);
+    eigen_matmul(qp, c.topRows(visible).rightCols(P), kernels::GemmB::kTransposed, st, true);
     st *= static_cast<Scalar>(scale);
     for (Index h = 0; h < num_heads; ++h) softmax_inplace(&st(h, 0), visible);
-    ot.noalias() = st * c.topRows(visible).leftCols(R);
+    eigen_matmul(st, c.topRows(visible).leftCols(R), kernels::GemmB::kPlain, ot, false);
   }
 }
 

@@ -33,6 +33,7 @@
 #include "mla/layers/attention_core.hpp"
 #include "mla/layers/mla.hpp"
 #include "mla/layers/workspace.hpp"
+#include "mla/ops/matmul.hpp"
 
 namespace mla {
 
@@ -119,9 +120,10 @@ void mla_decode_batch(const MultiHeadLatentAttention<Scalar>& layer,
   Scalar* q_pe = ws.take<Scalar>({n, H, P});
   Scalar* o_lat = ws.take<Scalar>({n, H, R});
   for (Index h = 0; h < H; ++h) {
-    Strided(q_lat + h * R, n, R, Eigen::OuterStride<>(H * R)).noalias() =
-        StridedConst(q.data() + h * qk, n, N, Eigen::OuterStride<>(H * qk)) *
-        layer.w_uk().middleRows(h * N, N);
+    Strided ql(q_lat + h * R, n, R, Eigen::OuterStride<>(H * R));
+    internal::matmul(StridedConst(q.data() + h * qk, n, N, Eigen::OuterStride<>(H * qk)),
+                     layer.w_uk().middleRows(h * N, N), kernels::GemmB::kPlain, ql, false,
+                     ws.gemm_kernel, ws.thread_pool());  // [T, N] x [N, R]
     Strided(q_pe + h * P, n, P, Eigen::OuterStride<>(H * P)) =
         StridedConst(q.data() + h * qk + N, n, P, Eigen::OuterStride<>(H * qk));
   }
@@ -166,9 +168,9 @@ void mla_decode_batch(const MultiHeadLatentAttention<Scalar>& layer,
 
   MatrixMap<Scalar> heads = ws.matrix<Scalar>(n, H * V);
   for (Index h = 0; h < H; ++h)
-    heads.middleCols(h * V, V).noalias() =
-        StridedConst(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R)) *
-        layer.w_uv().middleRows(h * V, V).transpose();
+    internal::matmul(StridedConst(o_lat + h * R, n, R, Eigen::OuterStride<>(H * R)),
+                     layer.w_uv().middleRows(h * V, V), kernels::GemmB::kTransposed,
+                     heads.middleCols(h * V, V), false, ws.gemm_kernel, ws.thread_pool());
   layer.weights().o_proj.apply(heads, out, ws.gemm_kernel, ws.thread_pool());
   undo.dismiss();
 }

@@ -68,10 +68,10 @@ struct Linear {
   void apply(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>& y) const {
     MLA_DCHECK(x.cols() == in_features() && y.rows() == x.rows() && y.cols() == out_features());
     if (stored_as_bf16())
-      y.noalias() = x * weight_bf16.template cast<Scalar>().transpose();
+      internal::eigen_matmul(x, weight_bf16, kernels::GemmB::kTransposed, y, false);
     else
-      y.noalias() = x * weight.transpose();
-    if (has_bias()) y.rowwise() += bias.transpose();
+      internal::eigen_matmul(x, weight, kernels::GemmB::kTransposed, y, false);
+    add_bias(y);
   }
   template <class In, class Out>
   void apply(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>&& y) const {
@@ -88,7 +88,13 @@ struct Linear {
       internal::matmul(x, weight_bf16, kernels::GemmB::kTransposed, y, false, gemm_ws, pool);
     else
       internal::matmul(x, weight, kernels::GemmB::kTransposed, y, false, gemm_ws, pool);
-    if (has_bias()) const_cast<Eigen::MatrixBase<Out>&>(y).rowwise() += bias.transpose();
+    add_bias(const_cast<Eigen::MatrixBase<Out>&>(y));
+  }
+
+  /// y [T, out] += b on every row (nothing without a bias).
+  template <class Out>
+  void add_bias(Eigen::MatrixBase<Out>& y) const {
+    if (has_bias()) y.rowwise() += bias.transpose();
   }
 };
 

@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "mla/core/check.hpp"
@@ -637,6 +638,28 @@ struct FloatTilesOf<MlaAmxOps> {
 };
 #endif
 
+/// The log-sum-exp combine of the units `plan` cut into pieces, from their partials in `base`,
+/// rows shared out across threads (each row's combine is the same arithmetic whichever thread
+/// runs it). dst(unit, r) gives query row r's output (`dim` values) and LSE (or null) pointers.
+template <class Dst>
+void combine_split_units(const kernels::DecodePlan& plan, const float* base, Index dim,
+                         ThreadPool* pool, Dst dst) {
+  const Index num_split = plan.num_split_units(), o_stride = plan.o_stride();
+  if (num_split == 0) return;
+  const Index chunks = std::max<Index>(1, (Index(plan.threads()) * 4 + num_split - 1) / num_split);
+  parallel_for(pool, num_split * chunks, [&](Index task, int) {
+    const DecodeUnit& u = plan.units()[std::size_t(plan.split_units()[std::size_t(task / chunks)])];
+    const Index c = task % chunks, r_end = u.mc * (c + 1) / chunks;
+    for (Index r = u.mc * c / chunks; r < r_end; ++r) {
+      const auto [out, lse] = dst(u, r);
+      const float l = combine_splits(base + u.part_o + r * o_stride, u.mc * o_stride,
+                                     base + u.part_max + r, base + u.part_sum + r, u.mc,
+                                     u.num_pieces, dim, out);
+      if (lse != nullptr) *lse = l;
+    }
+  });
+}
+
 /// run_decode() with the tile operations `Ops`, on workspace `base`.
 template <class Ops, class T>
 void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSequence<T>* seqs,
@@ -698,20 +721,10 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
     }
   }
   if (!amx_done) body(std::false_type{});
-  // 3. Log-sum-exp combine of the units cut into pieces, their rows shared out across threads
-  // (each row's combine is the same arithmetic whichever thread runs it).
-  if (num_split == 0) return;
-  const Index chunks = std::max<Index>(1, (Index(plan.threads()) * 4 + num_split - 1) / num_split);
-  parallel_for(pool, num_split * chunks, [&](Index task, int) {
-    const DecodeUnit& u = units[split_units[task / chunks]];
+  // 3. Log-sum-exp combine of the units cut into pieces.
+  combine_split_units(plan, base, R, pool, [&](const DecodeUnit& u, Index m) {
     const kernels::DecodeSequence<T>& s = seqs[u.seq];
-    const Index c = task % chunks, m_end = u.mc * (c + 1) / chunks;
-    for (Index m = u.mc * c / chunks; m < m_end; ++m) {
-      const float l = combine_splits(base + u.part_o + m * o_stride, u.mc * o_stride,
-                                     base + u.part_max + m, base + u.part_sum + m, u.mc,
-                                     u.num_pieces, R, s.o_lat + (u.m0 + m) * R);
-      if (s.lse != nullptr) s.lse[u.m0 + m] = l;
-    }
+    return std::pair(s.o_lat + (u.m0 + m) * R, s.lse == nullptr ? nullptr : s.lse + u.m0 + m);
   });
 }
 
@@ -862,7 +875,6 @@ void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDeco
   const DecodeUnit* units = plan.units().data();
   const DecodePiece* pieces = plan.pieces().data();
   const Index* part_begin = plan.part_begin().data();
-  const Index* split_units = plan.split_units().data();
   const float qscale = softmax_scale * kLog2e;
   // Query row r of a unit (kv head g of sequence b) is token r / group, head g * group + r % group.
   auto out_row = [&](const DecodeUnit& u, Index r) { return (r / group) * H + u.head * group + r % group; };
@@ -907,20 +919,10 @@ void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDeco
       }
     }
   });
-  const Index num_split = plan.num_split_units();
-  if (num_split == 0) return;
-  const Index chunks = std::max<Index>(1, (Index(plan.threads()) * 4 + num_split - 1) / num_split);
-  parallel_for(pool, num_split * chunks, [&](Index task, int) {
-    const DecodeUnit& u = units[split_units[task / chunks]];
+  combine_split_units(plan, base, v_dim, pool, [&](const DecodeUnit& u, Index r) {
     const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
-    const Index c = task % chunks, r_end = u.mc * (c + 1) / chunks;
-    for (Index r = u.mc * c / chunks; r < r_end; ++r) {
-      const Index row = out_row(u, r);
-      const float l = combine_splits(base + u.part_o + r * o_stride, u.mc * o_stride,
-                                     base + u.part_max + r, base + u.part_sum + r, u.mc,
-                                     u.num_pieces, v_dim, s.out + row * v_dim);
-      if (s.lse != nullptr) s.lse[row] = l;
-    }
+    const Index row = out_row(u, r);
+    return std::pair(s.out + row * v_dim, s.lse == nullptr ? nullptr : s.lse + row);
   });
 }
 

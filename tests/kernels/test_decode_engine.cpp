@@ -131,6 +131,27 @@ TEST(DecodeEngine, PlanFromLengthsEqualsPlanFromSequences) {
   EXPECT_EQ(a.units()[2].len, 120 - 3 + 1 + (3 * kHeads - 1) / kHeads);
 }
 
+TEST(DecodeEngine, ShortContextsAreSplitWhenThreadsWouldIdle) {
+  // Default options: one sequence of 256 rows on 2 threads is cut into parts for both threads
+  // (parts of at least 32 rows), and so is a batch of two short ones with a long one.
+  DecodePlan plan;
+  const Index q1[] = {1}, len256[] = {256};
+  plan.plan(128, 512, 64, q1, len256, 1, 2);
+  EXPECT_EQ(plan.num_parts(), 8);
+  EXPECT_EQ(plan.num_split_units(), 1);
+  const Index q3[] = {1, 1, 1}, lens[] = {40, 30, 300};
+  plan.plan(128, 512, 64, q3, lens, 3, 2);
+  EXPECT_EQ(plan.num_parts(), 8);
+  // One thread: one part, nothing split, whatever the length.
+  plan.plan(128, 512, 64, q1, len256, 1, 1);
+  EXPECT_EQ(plan.num_parts(), 1);
+  EXPECT_EQ(plan.num_split_units(), 0);
+  // Below the minimum part size the work is not cut.
+  const Index len40[] = {40};
+  plan.plan(128, 512, 64, q1, len40, 1, 2);
+  EXPECT_EQ(plan.num_parts(), 1);
+}
+
 std::string invalid_argument_of(const std::function<void()>& f) {
   try {
     f();

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "mla/cache/cache_checks.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
 
@@ -51,8 +52,7 @@ class KvCache {
   /// Grows the storage to hold `new_capacity` tokens (never shrinks); keeps the contents.
   /// This is the only call that allocates.
   void reserve(Index new_capacity) {
-    MLA_CHECK_ARG(new_capacity >= 0, "KvCache::reserve: capacity (", new_capacity,
-                  ") must be non-negative");
+    internal::check_cache_reserve("KvCache", new_capacity);
     if (new_capacity <= capacity_) return;
     std::vector<T> k(static_cast<std::size_t>(internal::checked_elements<T>(
         "KvCache::reserve: K elements kv_heads * capacity * head_dim",
@@ -75,16 +75,13 @@ class KvCache {
   void clear() { size_ = 0; }
   /// Drops tokens past `new_size` (e.g. rejected speculative tokens).
   void truncate(Index new_size) {
-    MLA_CHECK_ARG(new_size >= 0 && new_size <= size_, "KvCache::truncate: new size (", new_size,
-                  ") must be in [0, ", size_, "]");
+    internal::check_cache_truncate("KvCache", new_size, size_);
     size_ = new_size;
   }
 
   /// Throws std::invalid_argument unless `n` more tokens fit.
   void check_room(Index n) const {
-    MLA_CHECK_ARG(n >= 0 && n <= capacity_ - size_, "KvCache overflow: appending ", n,
-                  " tokens to ", size_, " stored with capacity ", capacity_,
-                  "; call reserve() to grow the cache");
+    internal::check_cache_room("KvCache", n, size_, capacity_);
   }
 
   /// Appends `n` tokens. `k` is token-major [n, kv_heads, head_dim] with row stride `k_stride`

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "mla/cache/cache_checks.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
 
@@ -43,8 +44,7 @@ class LatentCache {
 
   /// Grows to `new_capacity` tokens (never shrinks), keeping the contents; the only allocation.
   void reserve(Index new_capacity) {
-    MLA_CHECK_ARG(new_capacity >= 0, "LatentCache::reserve: capacity (", new_capacity,
-                  ") must be non-negative");
+    internal::check_cache_reserve("LatentCache", new_capacity);
     if (new_capacity <= capacity_) return;
     std::vector<T> d(static_cast<std::size_t>(internal::checked_elements<T>(
         "LatentCache::reserve: capacity * row width", {new_capacity, row_dim()})));
@@ -54,14 +54,11 @@ class LatentCache {
   }
   void clear() { size_ = 0; }
   void truncate(Index new_size) {
-    MLA_CHECK_ARG(new_size >= 0 && new_size <= size_, "LatentCache::truncate: new size (",
-                  new_size, ") must be in [0, ", size_, "]");
+    internal::check_cache_truncate("LatentCache", new_size, size_);
     size_ = new_size;
   }
   void check_room(Index n) const {
-    MLA_CHECK_ARG(n >= 0 && n <= capacity_ - size_, "LatentCache overflow: appending ", n,
-                  " tokens to ", size_, " stored with capacity ", capacity_,
-                  "; call reserve() to grow the cache");
+    internal::check_cache_room("LatentCache", n, size_, capacity_);
   }
 
   /// Appends `n` rows; `src` is [n, row_dim()] with `src_stride` elements between rows,

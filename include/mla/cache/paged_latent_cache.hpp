@@ -32,6 +32,7 @@
 #include "mla/cache/latent_cache.hpp"
 #include "mla/cache/quantized_latent_cache.hpp"
 #include "mla/kernels/latent_rows.hpp"
+#include "mla/cache/cache_checks.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
 
@@ -235,8 +236,7 @@ class PagedLatentCache {
   /// Explicit growth: takes blocks from the pool until capacity() >= `tokens`. All or nothing:
   /// BlockPoolExhausted leaves the cache and the pool unchanged.
   void reserve(Index tokens) {
-    MLA_CHECK_ARG(tokens >= 0, "PagedLatentCache::reserve: capacity (", tokens,
-                  ") must be non-negative");
+    internal::check_cache_reserve("PagedLatentCache", tokens);
     MLA_CHECK_ARG(pool_ != nullptr || tokens == 0,
                   "PagedLatentCache::reserve: the cache has no pool (default-constructed)");
     if (tokens <= capacity()) return;
@@ -269,8 +269,7 @@ class PagedLatentCache {
   void clear() { size_ = 0; }
   /// Drops tokens past `new_size` (e.g. rejected speculative tokens), keeping the blocks.
   void truncate(Index new_size) {
-    MLA_CHECK_ARG(new_size >= 0 && new_size <= size_, "PagedLatentCache::truncate: new size (",
-                  new_size, ") must be in [0, ", size_, "]");
+    internal::check_cache_truncate("PagedLatentCache", new_size, size_);
     size_ = new_size;
   }
   /// Returns the blocks past the ones size() needs to the pool.

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "mla/cache/cache_checks.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
 #include "mla/kernels/fp8_latent_rows.hpp"
@@ -41,8 +42,7 @@ class Fp8LatentCache {
 
   /// Grows to `new_capacity` tokens (never shrinks), keeping the contents; the only allocation.
   void reserve(Index new_capacity) {
-    MLA_CHECK_ARG(new_capacity >= 0, "Fp8LatentCache::reserve: capacity (", new_capacity,
-                  ") must be non-negative");
+    internal::check_cache_reserve("Fp8LatentCache", new_capacity);
     if (new_capacity <= capacity_) return;
     data_.resize(static_cast<std::size_t>(internal::checked_elements<std::uint8_t>(
         "Fp8LatentCache::reserve: capacity * row bytes",
@@ -52,14 +52,11 @@ class Fp8LatentCache {
   }
   void clear() { size_ = 0; }
   void truncate(Index new_size) {
-    MLA_CHECK_ARG(new_size >= 0 && new_size <= size_, "Fp8LatentCache::truncate: new size (",
-                  new_size, ") must be in [0, ", size_, "]");
+    internal::check_cache_truncate("Fp8LatentCache", new_size, size_);
     size_ = new_size;
   }
   void check_room(Index n) const {
-    MLA_CHECK_ARG(n >= 0 && n <= capacity_ - size_, "Fp8LatentCache overflow: appending ", n,
-                  " tokens to ", size_, " stored with capacity ", capacity_,
-                  "; call reserve() to grow the cache");
+    internal::check_cache_room("Fp8LatentCache", n, size_, capacity_);
   }
 
   /// Quantises and appends `n` rows; `src` is [n, row_dim()] with `src_stride` elements between

@@ -468,9 +468,9 @@ void DecodePlan::plan_with(DecodeKind kind, Index num_heads, Index num_kv_heads,
 
 /// Scratch of the decode engine: one 64-byte aligned float block (per-thread tiles, packed
 /// queries and partials of split units) and a plan for the one-call entry points
-/// (absorbed_attention, paged_absorbed_attention, batched_absorbed_attention), which plan every
-/// call. Grows to the largest plan it has served; later calls that fit allocate nothing.
-/// Not shareable between concurrent calls.
+/// (absorbed_attention, paged_absorbed_attention, batched_absorbed_attention, gqa_attention),
+/// which plan again only when the shapes change. Grows to the largest plan it has served; later
+/// calls that fit allocate nothing. Not shareable between concurrent calls.
 class DecodeWorkspace {
  public:
   DecodeWorkspace() = default;

@@ -660,6 +660,18 @@ void combine_split_units(const kernels::DecodePlan& plan, const float* base, Ind
   });
 }
 
+/// A unit run as one piece: its rows' outputs from the piece's unnormalised O [rows, o_stride],
+/// running max and sum (a combine of one split). dst(unit, r) as for combine_split_units.
+template <class Dst>
+void finish_whole_unit(const DecodeUnit& u, const float* o, const float* run_max,
+                       const float* run_sum, Index o_stride, Index dim, Dst dst) {
+  for (Index r = 0; r < u.mc; ++r) {
+    const auto [out, lse] = dst(u, r);
+    const float l = combine_splits(o + r * o_stride, 0, run_max + r, run_sum + r, 0, 1, dim, out);
+    if (lse != nullptr) *lse = l;
+  }
+}
+
 /// run_decode() with the tile operations `Ops`, on workspace `base`.
 template <class Ops, class T>
 void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSequence<T>* seqs,
@@ -671,6 +683,11 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
   const Index* part_begin = plan.part_begin().data();
   const Index* split_units = plan.split_units().data();
   const Index num_split = plan.num_split_units();
+  // Query row m of a unit is row u.m0 + m of its sequence's outputs.
+  auto mla_rows = [&](const DecodeUnit& u, Index m) {
+    const kernels::DecodeSequence<T>& s = seqs[u.seq];
+    return std::pair(s.o_lat + (u.m0 + m) * R, s.lse == nullptr ? nullptr : s.lse + u.m0 + m);
+  };
   auto body = [&](auto amx_form) {
     constexpr bool kAmx = decltype(amx_form)::value;
     using RunOps = std::conditional_t<kAmx, Ops, typename FloatTilesOf<Ops>::type>;
@@ -692,11 +709,7 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
           pack_unit_query<kAmx>(s, u, softmax_scale, sc.q_packed);
           run_decode_piece<RunOps>(s, H, u, piece.j0, piece.j1, sc.q_packed, o_stride, sc.o,
                                    sc.run_max, sc.run_sum, sc);
-          for (Index m = 0; m < u.mc; ++m) {
-            const float l = combine_splits(sc.o + m * o_stride, 0, sc.run_max + m, sc.run_sum + m,
-                                           0, 1, R, s.o_lat + (u.m0 + m) * R);
-            if (s.lse != nullptr) s.lse[u.m0 + m] = l;
-          }
+          finish_whole_unit(u, sc.o, sc.run_max, sc.run_sum, o_stride, R, mla_rows);
         } else {
           // The running max and sum span whole 16-row panels in the scratch; the partial keeps
           // the unit's mc rows.
@@ -722,10 +735,7 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
   }
   if (!amx_done) body(std::false_type{});
   // 3. Log-sum-exp combine of the units cut into pieces.
-  combine_split_units(plan, base, R, pool, [&](const DecodeUnit& u, Index m) {
-    const kernels::DecodeSequence<T>& s = seqs[u.seq];
-    return std::pair(s.o_lat + (u.m0 + m) * R, s.lse == nullptr ? nullptr : s.lse + u.m0 + m);
-  });
+  combine_split_units(plan, base, R, pool, mla_rows);
 }
 
 }  // namespace internal
@@ -798,15 +808,8 @@ void batched_absorbed_attention(Index num_heads, const DecodeSequence<T>* seqs, 
                                 float softmax_scale, DecodeWorkspace& ws,
                                 ThreadPool* pool = nullptr, BatchedDecodeOptions options = {},
                                 KernelPath path = KernelPath::kAuto) {
-  for (Index b = 0; b < batch && seqs != nullptr; ++b)
-    seqs[b].cache.validate("batched absorbed attention", b);
-  for (Index b = 1; b < batch && seqs != nullptr; ++b)
-    MLA_CHECK_ARG(seqs[b].cache.kv_lora_rank == seqs[0].cache.kv_lora_rank &&
-                      seqs[b].cache.rope_dim == seqs[0].cache.rope_dim,
-                  "batched absorbed attention, sequence ", b, ": cache widths [",
-                  seqs[b].cache.kv_lora_rank, ", ", seqs[b].cache.rope_dim,
-                  "] differ from sequence 0's [", seqs[0].cache.kv_lora_rank, ", ",
-                  seqs[0].cache.rope_dim, "]");
+  // The plan takes sequence 0's widths; run_decode checks every view against it (and validates
+  // it) before anything is written.
   if (!ws.plan().matches(num_heads, seqs, batch, num_threads(pool), options))
     ws.plan().plan(num_heads, seqs, batch, num_threads(pool), options);
   run_decode(ws.plan(), seqs, batch, softmax_scale, ws, pool, path);
@@ -877,7 +880,11 @@ void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDeco
   const Index* part_begin = plan.part_begin().data();
   const float qscale = softmax_scale * kLog2e;
   // Query row r of a unit (kv head g of sequence b) is token r / group, head g * group + r % group.
-  auto out_row = [&](const DecodeUnit& u, Index r) { return (r / group) * H + u.head * group + r % group; };
+  auto gqa_rows = [&](const DecodeUnit& u, Index r) {
+    const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
+    const Index row = (r / group) * H + u.head * group + r % group;
+    return std::pair(s.out + row * v_dim, s.lse == nullptr ? nullptr : s.lse + row);
+  };
   auto shape_of = [&](const kernels::GqaDecodeSequence<T>& s) {
     kernels::GqaAttentionShape shape;
     shape.q_len = s.q_len;
@@ -905,12 +912,7 @@ void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDeco
       if (u.num_pieces == 1) {
         gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
                             own.o, own.run_max, own.run_sum);
-        for (Index r = 0; r < u.mc; ++r) {
-          const Index row = out_row(u, r);
-          const float l = combine_splits(own.o + r * o_stride, 0, own.run_max + r,
-                                         own.run_sum + r, 0, 1, v_dim, s.out + row * v_dim);
-          if (s.lse != nullptr) s.lse[row] = l;
-        }
+        finish_whole_unit(u, own.o, own.run_max, own.run_sum, o_stride, v_dim, gqa_rows);
       } else {
         const Index k = p - u.first_piece;
         gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
@@ -919,11 +921,7 @@ void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDeco
       }
     }
   });
-  combine_split_units(plan, base, v_dim, pool, [&](const DecodeUnit& u, Index r) {
-    const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
-    const Index row = out_row(u, r);
-    return std::pair(s.out + row * v_dim, s.lse == nullptr ? nullptr : s.lse + row);
-  });
+  combine_split_units(plan, base, v_dim, pool, gqa_rows);
 }
 
 }  // namespace internal

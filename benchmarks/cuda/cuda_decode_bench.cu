@@ -1,6 +1,7 @@
 // cuda_decode_bench: GPU time of one absorbed MLA decode call (mla/cuda/mla_decode.cuh) on the
 // DeepSeek-V3 shape (128 heads, d = 576, dv = 512, one new token, block 64, every sequence full)
-// for B = 1, 8, 32, 64, 128 and L = 4096, 16384, bf16 and FP8 caches, with the limits of the
+// for B = 1, 8, 32, 64, 128 and L = 4096, 16384, bf16 and FP8 caches, each kernel form the GPU
+// runs (wgmma on sm_90a, mma.sync everywhere; --kernel picks one), with the limits of the
 // same GPU probed in the same binary: a cuBLAS bf16 GEMM (8192^3) and a device-to-device copy.
 //
 // Each call is timed alone with CUDA events after the L2 is flushed (a 512 MiB memset), every
@@ -9,7 +10,8 @@
 //   TFLOP/s = 2 B heads L (576 + 512) / t,   GB/s = (cache bytes read + q + out) / t,
 // and the percentages of the probed GEMM and copy rates. --json FILE writes everything.
 //
-//   cuda_decode_bench [--json FILE] [--iters N] [--heads H] [--quick]
+//   cuda_decode_bench [--json FILE] [--iters N] [--heads H] [--batches 1,8] [--lens 4096]
+//                     [--kernel all|mma|wgmma] [--quick]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -109,6 +111,7 @@ double time_ms(F f, int iters, DeviceBuffer<std::uint8_t>* flush) {
 struct Row {
   int batch, len, heads;
   const char* format;
+  const char* kernel;
   double ms, tflops, gbs, pct_gemm, pct_copy;
   int parts, row_tiles;
 };
@@ -119,14 +122,31 @@ int main(int argc, char** argv) {
   std::string json;
   int iters = 20, heads = 128;
   bool quick = false;
+  std::string kernel_arg = "all";
+  std::vector<int> batches{1, 8, 32, 64, 128}, lens{4096, 16384};
+  auto parse_list = [](const char* arg) {
+    std::vector<int> v;
+    for (const char* p = arg; *p;) {
+      v.push_back(std::atoi(p));
+      while (*p && *p != ',') ++p;
+      if (*p == ',') ++p;
+    }
+    return v;
+  };
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json" && i + 1 < argc) json = argv[++i];
     else if (a == "--iters" && i + 1 < argc) iters = std::atoi(argv[++i]);
     else if (a == "--heads" && i + 1 < argc) heads = std::atoi(argv[++i]);
     else if (a == "--quick") quick = true;
+    else if (a == "--kernel" && i + 1 < argc) kernel_arg = argv[++i];
+    else if (a == "--batches" && i + 1 < argc) batches = parse_list(argv[++i]);
+    else if (a == "--lens" && i + 1 < argc) lens = parse_list(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--json FILE] [--iters N] [--heads H] [--quick]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--json FILE] [--iters N] [--heads H] [--batches B,..] [--lens L,..] "
+                   "[--kernel all|mma|wgmma] [--quick]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -171,14 +191,17 @@ int main(int argc, char** argv) {
   std::printf("limits: bf16 GEMM 8192^3 %.0f TFLOP/s, device copy %.0f GB/s (read + written)\n",
               gemm_tflops, copy_gbs);
 
-  std::vector<int> batches{1, 8, 32, 64, 128}, lens{4096, 16384};
   if (quick) {
     batches = {1, 32, 128};
     lens = {4096};
   }
   std::vector<Row> rows;
-  std::printf("%-5s %4s %6s %10s %9s %8s %7s %7s %6s\n", "cache", "B", "L", "ms", "TFLOP/s",
-              "GB/s", "%GEMM", "%copy", "parts");
+  std::vector<mla::cuda::DecodeKernel> kernels;
+  const bool has_wgmma = mla::cuda::DecodePlan().has_wgmma();
+  if (kernel_arg != "mma" && has_wgmma) kernels.push_back(mla::cuda::DecodeKernel::kWgmma);
+  if (kernel_arg != "wgmma") kernels.push_back(mla::cuda::DecodeKernel::kMmaSync);
+  std::printf("%-5s %-9s %4s %6s %10s %9s %8s %7s %7s %6s\n", "cache", "kernel", "B", "L", "ms",
+              "TFLOP/s", "GB/s", "%GEMM", "%copy", "parts");
   for (const LatentFormat fmt : {LatentFormat::kBf16, LatentFormat::kFp8}) {
     for (int L : lens)
       for (int B : batches) {
@@ -204,8 +227,12 @@ int main(int argc, char** argv) {
         MLA_CUDA_CHECK(cudaDeviceSynchronize());
 
         std::vector<int> q_lens(B, 1), seq_lens(B, L);
+        for (const mla::cuda::DecodeKernel kernel : kernels) {
+        mla::cuda::CudaDecodeOptions options;
+        options.kernel = kernel;
+        const char* kname = kernel == mla::cuda::DecodeKernel::kWgmma ? "wgmma" : "mma.sync";
         mla::cuda::DecodePlan plan;
-        plan.plan(heads, q_lens.data(), seq_lens.data(), B);
+        plan.plan(heads, q_lens.data(), seq_lens.data(), B, nullptr, options);
         mla::cuda::DecodeTensors t;
         t.q = q.data();
         t.out = out.data();
@@ -219,14 +246,15 @@ int main(int argc, char** argv) {
         const double ms = time_ms([&] { mla::cuda::run_decode(plan, t); }, iters, &flush);
         const double flop = 2.0 * B * double(heads) * L * (576 + 512);
         const double bytes = double(B) * L * row_bytes + B * heads * (576.0 + 512.0) * 2;
-        Row r{B, L, heads, fmt == LatentFormat::kBf16 ? "bf16" : "fp8", ms,
+        Row r{B, L, heads, fmt == LatentFormat::kBf16 ? "bf16" : "fp8", kname, ms,
               flop / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, 0, 0, plan.num_parts(),
               plan.row_tiles()};
         r.pct_gemm = 100.0 * r.tflops / gemm_tflops;
         r.pct_copy = 100.0 * r.gbs / copy_gbs;
         rows.push_back(r);
-        std::printf("%-5s %4d %6d %10.4f %9.1f %8.0f %6.1f%% %6.1f%% %6d\n", r.format, B, L, ms,
-                    r.tflops, r.gbs, r.pct_gemm, r.pct_copy, r.parts);
+        std::printf("%-5s %-9s %4d %6d %10.4f %9.1f %8.0f %6.1f%% %6.1f%% %6d\n", r.format, kname, B,
+                    L, ms, r.tflops, r.gbs, r.pct_gemm, r.pct_copy, r.parts);
+        }
       }
   }
   if (!json.empty()) {
@@ -243,10 +271,10 @@ int main(int argc, char** argv) {
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::fprintf(f,
-                   "    {\"cache\": \"%s\", \"batch\": %d, \"len\": %d, \"heads\": %d, \"q_len\": 1, "
+                   "    {\"cache\": \"%s\", \"kernel\": \"%s\", \"batch\": %d, \"len\": %d, \"heads\": %d, \"q_len\": 1, "
                    "\"ms\": %.5f, \"tflops\": %.2f, \"gbs\": %.1f, \"pct_gemm\": %.2f, "
                    "\"pct_copy\": %.2f, \"parts\": %d, \"row_tiles\": %d}%s\n",
-                   r.format, r.batch, r.len, r.heads, r.ms, r.tflops, r.gbs, r.pct_gemm, r.pct_copy,
+                   r.format, r.kernel, r.batch, r.len, r.heads, r.ms, r.tflops, r.gbs, r.pct_gemm, r.pct_copy,
                    r.parts, r.row_tiles, i + 1 < rows.size() ? "," : "");
     }
     std::fprintf(f, "  ]\n}\n");

@@ -19,6 +19,7 @@
 namespace {
 
 using mla::cuda::CudaDecodeOptions;
+using mla::cuda::DecodeKernel;
 using mla::cuda::DecodePlan;
 using mla::cuda::DeviceBuffer;
 using mla_cuda_test::DecodeCase;
@@ -135,6 +136,26 @@ void expect_matches(const DecodeCase& c, const GpuResult& r, double tol, const s
   EXPECT_LE(lse_err, lse_tol) << what << ": max |lse - reference|";
 }
 
+/// The kernel forms this build runs on this GPU: mma.sync always, wgmma on sm_90a builds on sm_90.
+std::vector<DecodeKernel> forms() {
+  static const bool has_wgmma = DecodePlan().has_wgmma();
+  if (has_wgmma) return {DecodeKernel::kMmaSync, DecodeKernel::kWgmma};
+  return {DecodeKernel::kMmaSync};
+}
+std::string form_name(DecodeKernel k) {
+  return k == DecodeKernel::kWgmma ? " [wgmma]" : " [mma.sync]";
+}
+CudaDecodeOptions with_form(CudaDecodeOptions o, DecodeKernel k) {
+  o.kernel = k;
+  return o;
+}
+/// expect_matches for every kernel form.
+void expect_all_forms(const DecodeCase& c, double tol, const std::string& what,
+                      CudaDecodeOptions options = {}) {
+  for (DecodeKernel k : forms())
+    expect_matches(c, run_gpu(c, with_form(options, k)), tol, what + form_name(k));
+}
+
 std::vector<int> uniform(int batch, int v) { return std::vector<int>(batch, v); }
 
 // bf16 output and probabilities (measured on the H200: up to 0.012 absolute on outputs of
@@ -150,8 +171,7 @@ TEST(CudaDecode, Bf16EveryHeadCountAndQLen) {
     for (int q_len : {1, 2, 3, 4}) {
       const DecodeCase c = make_decode_case(heads, uniform(3, q_len), {q_len, 130, 333}, false,
                                             unsigned(heads * 10 + q_len));
-      expect_matches(c, run_gpu(c), kBf16Tol,
-                     "heads " + std::to_string(heads) + " q_len " + std::to_string(q_len));
+      expect_all_forms(c, kBf16Tol, "heads " + std::to_string(heads) + " q_len " + std::to_string(q_len));
     }
 }
 
@@ -164,7 +184,7 @@ TEST(CudaDecode, Bf16MixedBatch) {
     lens[b] = q_lens[b] + int(rng() % 900);
   }
   const DecodeCase c = make_decode_case(64, q_lens, lens, false, 8);
-  expect_matches(c, run_gpu(c), kBf16Tol, "mixed batch of 37");
+  expect_all_forms(c, kBf16Tol, "mixed batch of 37");
 }
 
 TEST(CudaDecode, Bf16Batch128) {
@@ -173,17 +193,19 @@ TEST(CudaDecode, Bf16Batch128) {
   std::vector<int> lens(128);
   for (auto& l : lens) l = 1 + int(rng() % 300);
   const DecodeCase c = make_decode_case(128, uniform(128, 1), lens, false, 10);
-  expect_matches(c, run_gpu(c), kBf16Tol, "batch 128");
+  expect_all_forms(c, kBf16Tol, "batch 128");
 }
 
 TEST(CudaDecode, Bf16LongSequencesAreSplit) {
   MLA_REQUIRE_GPU();
   const DecodeCase c = make_decode_case(128, {4, 1}, {5000, 4097}, false, 11);
-  DecodePlan plan;
-  const GpuResult r = run_gpu(c, {}, &plan);
-  EXPECT_TRUE(plan.any_split());
-  EXPECT_GT(plan.host_seqs()[0].num_pieces, 1);
-  expect_matches(c, r, kBf16Tol, "long sequences");
+  for (DecodeKernel k : forms()) {
+    DecodePlan plan;
+    const GpuResult r = run_gpu(c, with_form({}, k), &plan);
+    EXPECT_TRUE(plan.any_split());
+    EXPECT_GT(plan.host_seqs()[0].num_pieces, 1);
+    expect_matches(c, r, kBf16Tol, "long sequences" + form_name(k));
+  }
 }
 
 TEST(CudaDecode, ForcedSplitsIncludePiecesSomeTokensDoNotSee) {
@@ -194,10 +216,12 @@ TEST(CudaDecode, ForcedSplitsIncludePiecesSomeTokensDoNotSee) {
   CudaDecodeOptions o;
   o.num_parts = 300;
   o.piece_overhead_blocks = 0;
-  DecodePlan plan;
-  const GpuResult r = run_gpu(c, o, &plan);
-  EXPECT_EQ(plan.host_seqs()[0].num_pieces, 2);
-  expect_matches(c, r, kBf16Tol, "one-block pieces");
+  for (DecodeKernel k : forms()) {
+    DecodePlan plan;
+    const GpuResult r = run_gpu(c, with_form(o, k), &plan);
+    EXPECT_EQ(plan.host_seqs()[0].num_pieces, 2);
+    expect_matches(c, r, kBf16Tol, "one-block pieces" + form_name(k));
+  }
 }
 
 TEST(CudaDecode, OnePartRunsTheWholeBatchUnsplit) {
@@ -205,10 +229,12 @@ TEST(CudaDecode, OnePartRunsTheWholeBatchUnsplit) {
   const DecodeCase c = make_decode_case(16, {1, 2, 3}, {700, 64, 3}, false, 13);
   CudaDecodeOptions o;
   o.num_parts = 1;
-  DecodePlan plan;
-  const GpuResult r = run_gpu(c, o, &plan);
-  EXPECT_FALSE(plan.any_split());
-  expect_matches(c, r, kBf16Tol, "one part");
+  for (DecodeKernel k : forms()) {
+    DecodePlan plan;
+    const GpuResult r = run_gpu(c, with_form(o, k), &plan);
+    EXPECT_FALSE(plan.any_split());
+    expect_matches(c, r, kBf16Tol, "one part" + form_name(k));
+  }
 }
 
 TEST(CudaDecode, PlanServesEveryLayerOfAStep) {
@@ -216,14 +242,16 @@ TEST(CudaDecode, PlanServesEveryLayerOfAStep) {
   const std::vector<int> q_lens{2, 1, 3}, lens{1000, 17, 300};
   const DecodeCase a = make_decode_case(64, q_lens, lens, false, 14);
   const DecodeCase b = make_decode_case(64, q_lens, lens, false, 15);
-  DecodePlan plan;
-  plan.plan(64, q_lens.data(), lens.data(), 3);
-  GpuCase ga(a), gb(b);
-  mla::cuda::run_decode(plan, ga.tensors());
-  mla::cuda::run_decode(plan, gb.tensors(/*with_lse=*/false));
-  expect_matches(a, ga.fetch(), kBf16Tol, "layer 0");
-  const GpuResult rb = gb.fetch();
-  EXPECT_LE(max_scaled_diff(rb.out, b.ref_out), kBf16Tol) << "layer 1 (no lse)";
+  for (DecodeKernel k : forms()) {
+    DecodePlan plan;
+    plan.plan(64, q_lens.data(), lens.data(), 3, nullptr, with_form({}, k));
+    GpuCase ga(a), gb(b);
+    mla::cuda::run_decode(plan, ga.tensors());
+    mla::cuda::run_decode(plan, gb.tensors(/*with_lse=*/false));
+    expect_matches(a, ga.fetch(), kBf16Tol, "layer 0" + form_name(k));
+    const GpuResult rb = gb.fetch();
+    EXPECT_LE(max_scaled_diff(rb.out, b.ref_out), kBf16Tol) << "layer 1 (no lse)" << form_name(k);
+  }
 }
 
 TEST(CudaDecode, Fp8EveryQLenAndHeads) {
@@ -232,8 +260,8 @@ TEST(CudaDecode, Fp8EveryQLenAndHeads) {
     for (int q_len : {1, 4}) {
       const DecodeCase c = make_decode_case(heads, uniform(3, q_len), {q_len, 130, 333}, true,
                                             unsigned(100 + heads + q_len));
-      expect_matches(c, run_gpu(c), kFp8Tol,
-                     "fp8 heads " + std::to_string(heads) + " q_len " + std::to_string(q_len));
+      expect_all_forms(c, kFp8Tol,
+                       "fp8 heads " + std::to_string(heads) + " q_len " + std::to_string(q_len));
     }
 }
 
@@ -246,8 +274,8 @@ TEST(CudaDecode, Fp8MixedBatchAndSplits) {
     lens[b] = q_lens[b] + int(rng() % 3000);
   }
   const DecodeCase c = make_decode_case(128, q_lens, lens, true, 22);
+  expect_all_forms(c, kFp8Tol, "fp8 mixed batch");
   const GpuResult r = run_gpu(c);
-  expect_matches(c, r, kFp8Tol, "fp8 mixed batch");
   // What the FP8 cache costs against a bf16 cache of the same rows: E4M3 keeps 3 mantissa bits
   // (2^-4 relative), so outputs move by up to ~0.15 on values of magnitude ~1 (reported, loosely
   // bounded; the RMS is the number to quote).

@@ -29,6 +29,7 @@
 
 #include "mla/cuda/cuda_check.cuh"
 #include "mla/cuda/paged_latent.cuh"
+#include "mla/cuda/wgmma.cuh"
 
 namespace mla {
 namespace cuda {
@@ -52,8 +53,17 @@ struct PartRange {
 constexpr int kRowTile = 64;  ///< query rows per CTA
 }  // namespace internal
 
+/// Which form of the decode kernel runs (mla/cuda/mla_decode_kernel.cuh).
+enum class DecodeKernel {
+  kAuto,     ///< wgmma where the build and the device have it (sm_90a), else mma.sync
+  kMmaSync,  ///< mma.sync m16n8k16 (sm_80 and later)
+  kWgmma,    ///< wgmma (sm_90a builds on sm_90 devices); run_decode throws elsewhere
+};
+
 /// Scheduling knobs of a GPU decode plan.
 struct CudaDecodeOptions {
+  /// The kernel form the plan's runs use.
+  DecodeKernel kernel = DecodeKernel::kAuto;
   /// Cost of starting a piece, in cache blocks of work (query load, pipeline fill, output).
   int piece_overhead_blocks = 4;
   /// Parts to cut the batch into; 0: the device's SM count / row tiles (one CTA per SM).
@@ -74,8 +84,20 @@ struct CudaDecodeOptions {
 class DecodePlan {
  public:
   /// `device`: the CUDA device the plan's buffers live on (its SM count sizes the grid).
+  /// Also finds out, with one tiny kernel, whether this build has the wgmma form for the device.
   explicit DecodePlan(int device = 0) : device_(device) {
+    set_device();
     MLA_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
+    int major = 0;
+    MLA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major == 9) {
+      DeviceBuffer<int> flag(1);
+      internal::wgmma_probe_kernel<<<1, 1>>>(flag.data());
+      MLA_CUDA_CHECK(cudaGetLastError());
+      int has = 0;
+      MLA_CUDA_CHECK(cudaMemcpy(&has, flag.data(), sizeof has, cudaMemcpyDeviceToHost));
+      has_wgmma_ = has == 1;
+    }
   }
 
   /// Plans `batch` sequences: sequence b has q_lens[b] new tokens (1..4) and lens[b] >= q_lens[b]
@@ -84,6 +106,7 @@ class DecodePlan {
   void plan(int num_heads, const int* q_lens, const int* lens, int batch,
             cudaStream_t stream = nullptr, CudaDecodeOptions options = {}) {
     options.validate();
+    kernel_ = options.kernel;
     check(batch >= 1, "batch", batch, ">= 1");
     check(num_heads >= 1 && num_heads <= 128, "num_heads", num_heads, "in [1, 128]");
     num_heads_ = num_heads;
@@ -169,6 +192,19 @@ class DecodePlan {
   bool any_split() const { return any_split_; }
   int partial_rows() const { return partial_rows_; }
   int device() const { return device_; }
+  /// Whether this build and device run the wgmma form.
+  bool has_wgmma() const { return has_wgmma_; }
+  /// The form run_decode launches: kAuto resolved.
+  DecodeKernel kernel() const {
+    if (kernel_ != DecodeKernel::kAuto) return kernel_;
+    return has_wgmma_ ? DecodeKernel::kWgmma : DecodeKernel::kMmaSync;
+  }
+  /// Largest q_len * num_heads of the step (the combine's grid).
+  int max_rows() const {
+    int m = 0;
+    for (const auto& s : seqs_) m = std::max(m, s.q_len * num_heads_);
+    return m;
+  }
   const std::vector<internal::SeqInfo>& host_seqs() const { return seqs_; }
   const std::vector<internal::PartRange>& host_parts() const { return parts_; }
 
@@ -205,7 +241,8 @@ class DecodePlan {
   int device_ = 0, num_sms_ = 1;
   int num_heads_ = 0, batch_ = 0, total_q_tokens_ = 0, num_parts_ = 0, row_tiles_ = 0;
   int partial_rows_ = 0, seq_offset_ints_ = 0, part_offset_ints_ = 0;
-  bool any_split_ = false;
+  bool any_split_ = false, has_wgmma_ = false;
+  DecodeKernel kernel_ = DecodeKernel::kAuto;
   std::vector<internal::SeqInfo> seqs_;
   std::vector<internal::PartRange> parts_;
   std::vector<int> host_ints_;

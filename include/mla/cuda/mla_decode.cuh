@@ -49,10 +49,10 @@ inline int max_optin_smem(int device) {
   return bytes;
 }
 
-template <LatentFormat F, int kStages>
+template <LatentFormat F, int kStages, bool kHopper>
 void launch_decode(const DecodeParams& params, const DecodePlan& plan, cudaStream_t stream) {
-  using L = DecodeSmem<F, kStages>;
-  auto kernel = mla_decode_kernel<F, kStages>;
+  using L = DecodeSmem<F, kStages, kHopper>;
+  auto kernel = mla_decode_kernel<F, kStages, kHopper>;
   MLA_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes));
   const dim3 grid(plan.num_parts(), plan.row_tiles());
@@ -67,24 +67,39 @@ inline void check_tensor(bool ok, const char* what) {
   throw std::invalid_argument(os.str());
 }
 
-}  // namespace internal
-
-/// Shared memory the decode kernel of a row format needs on `device` (bytes), or 0 when the
-/// device cannot give it.
-inline int decode_smem_bytes(LatentFormat format, int device = 0) {
-  const int optin = internal::max_optin_smem(device);
-  using namespace internal;
+/// Pipeline stages the decode kernel of a row format and form gets on `device`: the most (up to
+/// 3) whose shared memory fits, or 0 when not even 2 do.
+template <bool kHopper>
+int decode_stages(LatentFormat format, int device) {
+  const int optin = max_optin_smem(device);
   if (format == LatentFormat::kBf16) {
-    if (DecodeSmem<LatentFormat::kBf16, 3>::kBytes <= optin)
-      return DecodeSmem<LatentFormat::kBf16, 3>::kBytes;
-    if (DecodeSmem<LatentFormat::kBf16, 2>::kBytes <= optin)
-      return DecodeSmem<LatentFormat::kBf16, 2>::kBytes;
-    return 0;
+    if (DecodeSmem<LatentFormat::kBf16, 3, kHopper>::kBytes <= optin) return 3;
+    return DecodeSmem<LatentFormat::kBf16, 2, kHopper>::kBytes <= optin ? 2 : 0;
   }
-  return DecodeSmem<LatentFormat::kFp8, 2>::kBytes <= optin
-             ? DecodeSmem<LatentFormat::kFp8, 2>::kBytes
-             : 0;
+  return DecodeSmem<LatentFormat::kFp8, 2, kHopper>::kBytes <= optin ? 2 : 0;
 }
+
+template <bool kHopper>
+void launch_form(const DecodeParams& p, const DecodePlan& plan, LatentFormat format,
+                 cudaStream_t stream) {
+  const int stages = decode_stages<kHopper>(format, plan.device());
+  if (stages == 0) {
+    std::ostringstream os;
+    os << "cuda::run_decode: device " << plan.device() << " offers "
+       << max_optin_smem(plan.device()) << " bytes of shared memory per block, expected >= "
+       << (format == LatentFormat::kBf16 ? DecodeSmem<LatentFormat::kBf16, 2, kHopper>::kBytes
+                                         : DecodeSmem<LatentFormat::kFp8, 2, kHopper>::kBytes);
+    throw std::invalid_argument(os.str());
+  }
+  if (format == LatentFormat::kFp8)
+    launch_decode<LatentFormat::kFp8, 2, kHopper>(p, plan, stream);
+  else if (stages == 3)
+    launch_decode<LatentFormat::kBf16, 3, kHopper>(p, plan, stream);
+  else
+    launch_decode<LatentFormat::kBf16, 2, kHopper>(p, plan, stream);
+}
+
+}  // namespace internal
 
 /// Runs one layer's absorbed MLA decode for the step `plan` was made for (see the header
 /// comment). Throws std::invalid_argument for missing tensors or a cache the kernel cannot read,
@@ -118,27 +133,16 @@ inline void run_decode(const DecodePlan& plan, const DecodeTensors& t, cudaStrea
   p.num_heads = plan.num_heads();
   p.scale_log2 = t.softmax_scale * 1.4426950408889634f;
 
-  const int smem = decode_smem_bytes(t.cache.format, plan.device());
-  if (smem == 0) {
-    std::ostringstream os;
-    os << "cuda::run_decode: device " << plan.device() << " offers "
-       << max_optin_smem(plan.device()) << " bytes of shared memory per block, expected >= "
-       << (t.cache.format == LatentFormat::kBf16 ? DecodeSmem<LatentFormat::kBf16, 2>::kBytes
-                                                 : DecodeSmem<LatentFormat::kFp8, 2>::kBytes);
-    throw std::invalid_argument(os.str());
-  }
-  if (t.cache.format == LatentFormat::kBf16) {
-    if (smem == DecodeSmem<LatentFormat::kBf16, 3>::kBytes)
-      launch_decode<LatentFormat::kBf16, 3>(p, plan, stream);
-    else
-      launch_decode<LatentFormat::kBf16, 2>(p, plan, stream);
+  if (plan.kernel() == DecodeKernel::kWgmma) {
+    check_tensor(plan.has_wgmma(),
+                 "the plan asks for the wgmma kernel, which this build or device does not have "
+                 "(it needs an sm_90a build on an sm_90 GPU)");
+    launch_form<true>(p, plan, t.cache.format, stream);
   } else {
-    launch_decode<LatentFormat::kFp8, 2>(p, plan, stream);
+    launch_form<false>(p, plan, t.cache.format, stream);
   }
   if (plan.any_split()) {
-    int max_rows = 0;
-    for (const auto& s : plan.host_seqs()) max_rows = std::max(max_rows, s.q_len * plan.num_heads());
-    const dim3 grid(plan.batch(), (max_rows + 7) / 8);
+    const dim3 grid(plan.batch(), (plan.max_rows() + 7) / 8);
     mla_combine_kernel<<<grid, 256, 0, stream>>>(p);
     MLA_CUDA_CHECK(cudaGetLastError());
   }

@@ -1,5 +1,6 @@
-// The CUDA kernels of absorbed MLA decode over a paged latent cache (mma.sync tensor cores,
-// sm_80 and later): the split-KV attention kernel and the combine of its partials. The host entry
+// The CUDA kernels of absorbed MLA decode over a paged latent cache: the split-KV attention kernel
+// (two forms of its multiplies: mma.sync on sm_80 and later, wgmma on sm_90a) and the combine of
+// its partials. The host entry
 // that launches them is mla/cuda/mla_decode.cuh; the schedule they read is mla/cuda/decode_plan.cuh.
 //
 // One CTA (8 warps) runs one piece of one sequence (cache rows [j_begin, j_end), see the plan)
@@ -11,16 +12,20 @@
 // with the online softmax (running max m and sum l per row, O rescaled by exp(m_old - m_new)) over
 // tiles of 32 cache rows. Token t of the q_len new ones sees rows 0 .. len - q_len + t (masked
 // to -inf beyond). Shared memory: the query tile, kStages tiles of 32 rows (a cp.async pipeline
-// that loads tile i + kStages - 1 while tile i is multiplied) and a 16 KiB exchange buffer; rows
-// are padded to 584 bf16 (1168 B) so the 8 rows an ldmatrix reads fall in different banks.
+// that loads tile i + kStages - 1 while tile i is multiplied) and a 16 KiB exchange buffer.
 //
-// Warp w of the 8 owns query rows 16 (w % 4) .. + 16 and half h = w / 4:
-// - S: it multiplies its 16 rows by the tile over latent dims [288 h, 288 h + 288), writes its
-//   partial [16, 32] to the exchange buffer and adds its partner's (w ^ 4): both warps of a pair
-//   then hold the same full S (float sums commute, so they agree bit for bit) and run the same
-//   softmax;
-// - O: it accumulates its 16 rows x V columns [256 h, 256 h + 256) (128 floats per thread), the
-//   probabilities going from S's accumulator registers straight into mma A fragments.
+// Warp w of the 8 owns query rows 16 (w % 4) .. + 16 and half h = w / 4 (warpgroup h):
+// - S: its rows times the tile over latent dims [288 h, 288 h + 288); the partial [16, 32] goes to
+//   the exchange buffer and the partner's (w ^ 4) is added: both warps of a pair then hold the
+//   same full S (float sums commute, so they agree bit for bit) and run the same softmax;
+// - O: its 16 rows x V columns [256 h, 256 h + 256) (128 floats per thread), the probabilities
+//   going from S's accumulator registers straight into A fragments.
+// Both forms keep this split and the m16n8k16 register layouts; they differ in the multiplies:
+// - mma.sync (kHopper false): each warp multiplies its 16 rows with ldmatrix loads of Q, K and V;
+//   rows are padded to 584 bf16 (1168 B) so the 8 rows an ldmatrix reads fall in different banks;
+// - wgmma (kHopper true, sm_90a): each warpgroup issues m64n32k16 (S, Q and K from shared memory)
+//   and m64n256k16 (O, P from registers, V read transposed from the same K tile) on 128-byte
+//   swizzled tiles (mla/cuda/wgmma.cuh), so Q and K are read once per warpgroup, not per warp.
 // FP8 rows (656 B) are copied raw (codes and scales into a staging buffer, the bf16 k_pe straight
 // into the tile) and dequantised to bf16 in shared memory before the multiplies: c = e4m3(code) *
 // scale, rounded to bf16, so the FP8 path runs the same tensor-core code as bf16.
@@ -31,8 +36,7 @@
 //
 // Unlike the CPU engine, a NaN or Inf in a new token's cache row reaches the earlier new tokens'
 // outputs too (their masked probability 0 times NaN in the V multiply).
-// TODO(perf): Hopper path (wgmma from shared memory, TMA loads): mma.sync re-reads Q and K from
-// shared memory per warp, which limits this kernel to well below the tensor cores' rate.
+// TODO(perf): overlap the next tile's S with this tile's O (wgmma is asynchronous), TMA loads.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +48,7 @@
 #include "mla/cuda/decode_plan.cuh"
 #include "mla/cuda/paged_latent.cuh"
 #include "mla/cuda/warp_mma.cuh"
+#include "mla/cuda/wgmma.cuh"
 
 namespace mla {
 namespace cuda {
@@ -63,30 +68,43 @@ struct DecodeParams {
   float scale_log2 = 0.0f;           ///< softmax scale * log2(e)
 };
 
-/// Shared-memory layout of the decode kernel for a row format and a pipeline depth.
-template <LatentFormat F, int kStages>
+/// Shared-memory layout of the decode kernel for a row format, a pipeline depth and a form.
+template <LatentFormat F, int kStages, bool kHopper>
 struct DecodeSmem {
   static constexpr int kThreads = 256;
-  static constexpr int kTileN = 32;                        ///< cache rows per iteration
-  static constexpr int kPitch = MlaDims::kLatent + 8;      ///< bf16 per padded row (1168 B)
+  static constexpr int kTileN = 32;  ///< cache rows per iteration
+  /// bf16 per row: padded by 16 B (mma.sync), unpadded in 128-byte-swizzled column blocks (wgmma)
+  static constexpr int kPitch = kHopper ? MlaDims::kLatent : MlaDims::kLatent + 8;
   static constexpr int kRawPitch = MlaDims::kKvLora + 4 * MlaDims::kFp8Scales;  ///< 528 B
   static constexpr int kQBytes = kRowTile * kPitch * 2;
   static constexpr int kTileBytes = kTileN * kPitch * 2;
   static constexpr int kExchangeBytes = 8 * 16 * kTileN * 4;
   static constexpr int kRawBytes = F == LatentFormat::kFp8 ? kTileN * kRawPitch : 0;
-  static constexpr int kBytes = kQBytes + kStages * (kTileBytes + kRawBytes) + kExchangeBytes;
+  static constexpr int kAlign = kHopper ? 1024 : 16;  ///< swizzle atoms are 1024-aligned
+  static constexpr int kBytes =
+      kQBytes + kStages * (kTileBytes + kRawBytes) + kExchangeBytes + kAlign;
   static_assert(kStages >= 2, "the pipeline needs at least two stages");
   static_assert(kRawPitch % 16 == 0 && MlaDims::kFp8RowBytes % 16 == 0,
                 "FP8 rows must be copied in 16-byte pieces");
+  static_assert(!kHopper || (kQBytes % 1024 == 0 && kTileBytes % 1024 == 0),
+                "swizzled tiles must keep 1024-byte alignment");
+
+  /// Byte offset of 16-byte chunk k (values 8 k .. 8 k + 7, k < 72) of row r in a tile of `rows`.
+  static __device__ __forceinline__ int chunk(int r, int k, int rows) {
+    if constexpr (kHopper)
+      return (k >> 3) * (rows * 128) + swizzle128(r, k & 7);
+    else
+      return r * kPitch * 2 + k * 16;
+  }
 };
 
 /// Issues the cp.async copies of cache rows [jt, jt + 32) of a sequence into stage buffers
 /// (rows at or past `len` are zero-filled). jt is a multiple of 32, so the rows share a block.
-template <LatentFormat F, int kStages>
+template <LatentFormat F, int kStages, bool kHopper>
 __device__ __forceinline__ void load_cache_tile(const PagedLatentView& cache,
                                                 const std::int32_t* table, int jt, int len,
-                                                __nv_bfloat16* tile, std::uint8_t* raw) {
-  using L = DecodeSmem<F, kStages>;
+                                                std::uint8_t* tile, std::uint8_t* raw) {
+  using L = DecodeSmem<F, kStages, kHopper>;
   constexpr int kRowBytes = latent_row_bytes(F);
   const std::uint8_t* base = cache.pool + static_cast<std::int64_t>(table[jt / MlaDims::kBlock]) *
                                               cache.block_stride +
@@ -96,7 +114,8 @@ __device__ __forceinline__ void load_cache_tile(const PagedLatentView& cache,
     for (int c = threadIdx.x; c < L::kTileN * kChunks; c += L::kThreads) {
       const int r = c / kChunks, k = c % kChunks;
       const bool valid = jt + r < len;
-      cp_async_16(tile + r * L::kPitch + k * 8, base + (valid ? r : 0) * kRowBytes + k * 16, valid);
+      cp_async_16(tile + L::chunk(r, k, L::kTileN), base + (valid ? r : 0) * kRowBytes + k * 16,
+                  valid);
     }
   } else {
     constexpr int kRawChunks = L::kRawPitch / 16;  // 33: codes and scales
@@ -105,20 +124,18 @@ __device__ __forceinline__ void load_cache_tile(const PagedLatentView& cache,
       const int r = c / kChunks, k = c % kChunks;
       const bool valid = jt + r < len;
       const std::uint8_t* src = base + (valid ? r : 0) * kRowBytes + k * 16;
-      void* dst = k < kRawChunks
-                      ? static_cast<void*>(raw + r * L::kRawPitch + k * 16)
-                      : static_cast<void*>(reinterpret_cast<std::uint8_t*>(
-                                               tile + r * L::kPitch + MlaDims::kKvLora) +
-                                           (k - kRawChunks) * 16);
+      std::uint8_t* dst = k < kRawChunks
+                              ? raw + r * L::kRawPitch + k * 16
+                              : tile + L::chunk(r, MlaDims::kKvLora / 8 + (k - kRawChunks), L::kTileN);
       cp_async_16(dst, src, valid);
     }
   }
 }
 
 /// Dequantises a staged FP8 tile's c_kv into the bf16 tile: c = e4m3(code) * scale[i / 128].
-template <int kStages>
-__device__ __forceinline__ void dequantize_fp8_tile(const std::uint8_t* raw, __nv_bfloat16* tile) {
-  using L = DecodeSmem<LatentFormat::kFp8, kStages>;
+template <int kStages, bool kHopper>
+__device__ __forceinline__ void dequantize_fp8_tile(const std::uint8_t* raw, std::uint8_t* tile) {
+  using L = DecodeSmem<LatentFormat::kFp8, kStages, kHopper>;
   constexpr int kGroups = MlaDims::kKvLora / 8;  // 64 groups of 8 codes per row
   for (int gi = threadIdx.x; gi < L::kTileN * kGroups; gi += L::kThreads) {
     const int r = gi / kGroups, c8 = gi % kGroups;
@@ -135,20 +152,21 @@ __device__ __forceinline__ void dequantize_fp8_tile(const std::uint8_t* raw, __n
       const float2 f = __half22float2(hv);
       packed[h] = pack_bf16x2(f.x * scale, f.y * scale);
     }
-    *reinterpret_cast<uint4*>(tile + r * L::kPitch + c8 * 8) =
+    *reinterpret_cast<uint4*>(tile + L::chunk(r, c8, L::kTileN)) =
         make_uint4(packed[0], packed[1], packed[2], packed[3]);
   }
 }
 
 /// The split-KV decode kernel (see the header comment). Grid (num_parts, row_tiles), 256 threads.
-template <LatentFormat F, int kStages>
+template <LatentFormat F, int kStages, bool kHopper>
 __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p) {
-  using L = DecodeSmem<F, kStages>;
+  using L = DecodeSmem<F, kStages, kHopper>;
   constexpr int kPitch = L::kPitch;
   const float kNegInf = -__int_as_float(0x7f800000);
-  extern __shared__ __align__(128) std::uint8_t smem[];
-  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(smem);
-  __nv_bfloat16* stiles = reinterpret_cast<__nv_bfloat16*>(smem + L::kQBytes);
+  extern __shared__ __align__(128) std::uint8_t smem_raw[];
+  std::uint8_t* smem = smem_raw + ((L::kAlign - smem_addr(smem_raw) % L::kAlign) % L::kAlign);
+  std::uint8_t* sq = smem;
+  std::uint8_t* stiles = smem + L::kQBytes;
   float4* sx = reinterpret_cast<float4*>(smem + L::kQBytes + kStages * L::kTileBytes);
   std::uint8_t* sraw = smem + L::kQBytes + kStages * L::kTileBytes + L::kExchangeBytes;
 
@@ -180,14 +198,14 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
     for (int c = tid; c < kRowTile * kQChunks; c += L::kThreads) {
       const int r = c / kQChunks, k = c % kQChunks;
       const bool valid = r < valid_rows;
-      cp_async_16(sq + r * kPitch + k * 8, qg + (valid ? r : 0) * MlaDims::kLatent + k * 8, valid);
+      cp_async_16(sq + L::chunk(r, k, kRowTile), qg + (valid ? r : 0) * MlaDims::kLatent + k * 8,
+                  valid);
     }
 #pragma unroll
     for (int st = 0; st < kStages - 1; ++st) {
       if (st < n_iter)
-        load_cache_tile<F, kStages>(p.cache, table, j_begin + st * L::kTileN, seq.len,
-                                    stiles + st * L::kTileN * kPitch,
-                                    sraw + st * L::kRawBytes);
+        load_cache_tile<F, kStages, kHopper>(p.cache, table, j_begin + st * L::kTileN, seq.len,
+                                             stiles + st * L::kTileBytes, sraw + st * L::kRawBytes);
       cp_async_commit();
     }
 
@@ -207,19 +225,20 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
 
     for (int it = 0; it < n_iter; ++it) {
       cp_async_wait<kStages - 2>();
+      if constexpr (kHopper) fence_proxy_async_shared();
       __syncthreads();
       {
         const int nx = it + kStages - 1;
         if (nx < n_iter)
-          load_cache_tile<F, kStages>(p.cache, table, j_begin + nx * L::kTileN, seq.len,
-                                      stiles + (nx % kStages) * L::kTileN * kPitch,
-                                      sraw + (nx % kStages) * L::kRawBytes);
+          load_cache_tile<F, kStages, kHopper>(p.cache, table, j_begin + nx * L::kTileN, seq.len,
+                                               stiles + (nx % kStages) * L::kTileBytes,
+                                               sraw + (nx % kStages) * L::kRawBytes);
         cp_async_commit();
       }
-      const __nv_bfloat16* kt = stiles + (it % kStages) * L::kTileN * kPitch;
+      std::uint8_t* kt = stiles + (it % kStages) * L::kTileBytes;
       if constexpr (F == LatentFormat::kFp8) {
-        dequantize_fp8_tile<kStages>(sraw + (it % kStages) * L::kRawBytes,
-                                     stiles + (it % kStages) * L::kTileN * kPitch);
+        dequantize_fp8_tile<kStages, kHopper>(sraw + (it % kStages) * L::kRawBytes, kt);
+        if constexpr (kHopper) fence_proxy_async_shared();
         __syncthreads();
       }
 
@@ -227,20 +246,40 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
       float sc[4][4];
 #pragma unroll
       for (int n = 0; n < 4; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-      const __nv_bfloat16* qa =
-          sq + (rg * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * kPitch + (lane / 16) * 8;
-      const __nv_bfloat16* kb = kt + ((lane % 8) + (lane / 16) * 8) * kPitch + ((lane / 8) % 2) * 8;
+      if constexpr (kHopper) {
+        // Warpgroup `half`: 18 m64n32k16 steps over dims 288 half .. (step k: column block k / 4,
+        // +32 B per step inside it).
+        float(&d)[16] = reinterpret_cast<float(&)[16]>(sc);
+        const std::uint32_t q_base = smem_addr(sq), k_base = smem_addr(kt);
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 18; ++kk) {
-        const int k0 = half * 288 + kk * 16;
-        std::uint32_t a[4];
-        ldmatrix_x4(a, qa + k0);
+        for (int kk = 0; kk < 18; ++kk) {
+          const int k = half * 18 + kk;
+          const std::uint32_t off = (k & 3) * 32;
+          wgmma_m64n32k16_ss(d, wgmma_desc_sw128(q_base + (k >> 2) * (kRowTile * 128) + off, 16, 1024),
+                             wgmma_desc_sw128(k_base + (k >> 2) * (L::kTileN * 128) + off, 16, 1024),
+                             kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+      } else {
+        const __nv_bfloat16* qa = reinterpret_cast<const __nv_bfloat16*>(sq) +
+                                  (rg * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * kPitch +
+                                  (lane / 16) * 8;
+        const __nv_bfloat16* kb = reinterpret_cast<const __nv_bfloat16*>(kt) +
+                                  ((lane % 8) + (lane / 16) * 8) * kPitch + ((lane / 8) % 2) * 8;
 #pragma unroll
-        for (int nb = 0; nb < 2; ++nb) {
-          std::uint32_t b[4];
-          ldmatrix_x4(b, kb + nb * 16 * kPitch + k0);
-          mma_bf16_16816(sc[2 * nb], a, b[0], b[1]);
-          mma_bf16_16816(sc[2 * nb + 1], a, b[2], b[3]);
+        for (int kk = 0; kk < 18; ++kk) {
+          const int k0 = half * 288 + kk * 16;
+          std::uint32_t a[4];
+          ldmatrix_x4(a, qa + k0);
+#pragma unroll
+          for (int nb = 0; nb < 2; ++nb) {
+            std::uint32_t b[4];
+            ldmatrix_x4(b, kb + nb * 16 * kPitch + k0);
+            mma_bf16_16816(sc[2 * nb], a, b[0], b[1]);
+            mma_bf16_16816(sc[2 * nb + 1], a, b[2], b[3]);
+          }
         }
       }
       // Exchange the halves with the partner warp: both then hold the full S.
@@ -306,16 +345,31 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
         o[n][3] *= alpha[1];
       }
       // O[16, 256 half .. + 256] += P [16, 32] V [32, 256].
-      const __nv_bfloat16* vb =
-          kt + ((lane % 8) + ((lane / 8) % 2) * 8) * kPitch + half * 256 + (lane / 16) * 8;
+      if constexpr (kHopper) {
+        // V = the tile's column blocks 4 half .. 4 half + 3 read MN-major: LBO = one column block
+        // (32 rows x 128 B) between groups of 64 columns, SBO = 8 rows; k16 step = 16 rows.
+        float(&d)[128] = reinterpret_cast<float(&)[128]>(o);
+        const std::uint32_t v_base = smem_addr(kt) + 4 * half * (L::kTileN * 128);
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 2; ++kk) {
+        for (int kk = 0; kk < 2; ++kk)
+          wgmma_m64n256k16_rs_tnsp_b(
+              d, pa[kk], wgmma_desc_sw128(v_base + kk * 16 * 128, L::kTileN * 128, 1024));
+        wgmma_commit();
+        wgmma_wait<0>();
+      } else {
+        const __nv_bfloat16* vb = reinterpret_cast<const __nv_bfloat16*>(kt) +
+                                  ((lane % 8) + ((lane / 8) % 2) * 8) * kPitch + half * 256 +
+                                  (lane / 16) * 8;
 #pragma unroll
-        for (int np = 0; np < 16; ++np) {
-          std::uint32_t b[4];
-          ldmatrix_x4_trans(b, vb + kk * 16 * kPitch + np * 16);
-          mma_bf16_16816(o[2 * np], pa[kk], b[0], b[1]);
-          mma_bf16_16816(o[2 * np + 1], pa[kk], b[2], b[3]);
+        for (int kk = 0; kk < 2; ++kk) {
+#pragma unroll
+          for (int np = 0; np < 16; ++np) {
+            std::uint32_t b[4];
+            ldmatrix_x4_trans(b, vb + kk * 16 * kPitch + np * 16);
+            mma_bf16_16816(o[2 * np], pa[kk], b[0], b[1]);
+            mma_bf16_16816(o[2 * np + 1], pa[kk], b[2], b[3]);
+          }
         }
       }
     }

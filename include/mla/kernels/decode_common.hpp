@@ -47,19 +47,28 @@ void dispatch_width(Index n, F&& f) {
   }
 }
 
+/// A kernel's tile operation sets, one per path, for with_path_ops.
+template <class PortableOps, class Avx2Ops, class Avx512Ops, class AmxOps>
+struct PathOps {
+  using Portable = PortableOps;
+  using Avx2 = Avx2Ops;
+  using Avx512 = Avx512Ops;
+  using Amx = AmxOps;
+};
+
 /// Calls fn(Ops{}) for the kernel path `path` picks at run time, Ops being one of a kernel's tile
-/// operation sets (portable, AVX2, AVX-512, AMX); throws as kernels::resolve_path does when the
+/// operation sets, named by `Set` (a PathOps); throws as kernels::resolve_path does when the
 /// CPU lacks the path. kAmx is only taken when asked for (resolve_path never picks it).
-template <class Portable, class Avx2, class Avx512, class Amx, class Fn>
+template <class Set, class Fn>
 void with_path_ops(kernels::KernelPath path, Fn&& fn) {
   const kernels::KernelPath p = kernels::resolve_path(path);
 #if MLA_X86_SIMD
-  if (path == kernels::KernelPath::kAmx) return fn(Amx{});
-  if (p == kernels::KernelPath::kAvx512) return fn(Avx512{});
-  if (p == kernels::KernelPath::kAvx2) return fn(Avx2{});
+  if (path == kernels::KernelPath::kAmx) return fn(typename Set::Amx{});
+  if (p == kernels::KernelPath::kAvx512) return fn(typename Set::Avx512{});
+  if (p == kernels::KernelPath::kAvx2) return fn(typename Set::Avx2{});
 #endif
   (void)p;
-  fn(Portable{});
+  fn(typename Set::Portable{});
 }
 
 /// Causal rule on a tile of scores stored column-wise, S^T[t * lds + i] for the tile's cache rows

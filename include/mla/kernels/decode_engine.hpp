@@ -738,16 +738,70 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
   combine_split_units(plan, base, R, pool, mla_rows);
 }
 
-}  // namespace internal
+/// run_gqa_decode() with the GQA tile operations `Ops`, on workspace `base`.
+template <class Ops, class T>
+void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDecodeSequence<T>* seqs,
+                         float softmax_scale, float* base, ThreadPool* pool) {
+  const Index H = plan.num_heads(), G = plan.num_kv_heads(), group = H / G;
+  const Index v_dim = plan.v_dim(), o_stride = plan.o_stride();
+  const DecodeUnit* units = plan.units().data();
+  const DecodePiece* pieces = plan.pieces().data();
+  const Index* part_begin = plan.part_begin().data();
+  const float qscale = softmax_scale * kLog2e;
+  // Query row r of a unit (kv head g of sequence b) is token r / group, head g * group + r % group.
+  auto gqa_rows = [&](const DecodeUnit& u, Index r) {
+    const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
+    const Index row = (r / group) * H + u.head * group + r % group;
+    return std::pair(s.out + row * v_dim, s.lse == nullptr ? nullptr : s.lse + row);
+  };
+  auto shape_of = [&](const kernels::GqaDecodeSequence<T>& s) {
+    kernels::GqaAttentionShape shape;
+    shape.q_len = s.q_len;
+    shape.num_heads = H;
+    shape.num_kv_heads = G;
+    shape.head_dim = plan.head_dim();
+    shape.v_dim = v_dim;
+    shape.cache_len = s.len;
+    shape.k_head_stride = s.k_head_stride;
+    shape.v_head_stride = s.v_head_stride;
+    return shape;
+  };
+  parallel_for(pool, plan.num_parts(), [&](Index part, int thread) {
+    for (Index p = part_begin[part]; p < part_begin[part + 1]; ++p) {
+      const DecodePiece& piece = pieces[p];
+      const DecodeUnit& u = units[piece.unit];
+      const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
+      const kernels::GqaAttentionShape shape = shape_of(s);
+      const GqaLayout lay(s.q_len, H, G, shape.head_dim, v_dim);
+      // The thread's scratch: the forms' part first, then a whole unit's partial.
+      GqaDecodeScratch own;
+      own.lay_out(base + Index(thread) * plan.scratch_stride(), lay.scratch_stride, u.mc, o_stride);
+      const T* kh = s.k + u.head * s.k_head_stride;
+      const T* vh = s.v + u.head * s.v_head_stride;
+      if (u.num_pieces == 1) {
+        gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
+                            own.o, own.run_max, own.run_sum);
+        finish_whole_unit(u, own.o, own.run_max, own.run_sum, o_stride, v_dim, gqa_rows);
+      } else {
+        const Index k = p - u.first_piece;
+        gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
+                            base + u.part_o + k * u.mc * o_stride, base + u.part_max + k * u.mc,
+                            base + u.part_sum + k * u.mc);
+      }
+    }
+  });
+  combine_split_units(plan, base, v_dim, pool, gqa_rows);
+}
 
-namespace kernels {
-
-}  // namespace kernels
-
-namespace internal {
-/// The checks run_decode and run_gqa_decode share: the plan's kind, batch size and threads.
-inline void check_run(const kernels::DecodePlan& plan, kernels::DecodeKind kind, Index batch,
-                      const void* seqs, ThreadPool* pool, const char* what) {
+/// The frame run_decode and run_gqa_decode share: checks the plan's kind, batch size and
+/// threads, then each sequence (`check_sequence(b)`), and the path, all before anything is
+/// written; then sizes the workspace and calls `run(ops, base)` with the tile operations of the
+/// path (from the set `OpsSet`, see with_path_ops) and the workspace memory.
+template <class OpsSet, class CheckSequence, class Run>
+void run_planned(const kernels::DecodePlan& plan, kernels::DecodeKind kind, Index batch,
+                 const void* seqs, kernels::DecodeWorkspace& ws, ThreadPool* pool,
+                 kernels::KernelPath path, const char* what, CheckSequence check_sequence,
+                 Run run) {
   MLA_CHECK_ARG(plan.kind() == kind, what, kind == kernels::DecodeKind::kGqa
                                                ? ": the plan is for absorbed MLA (plan); use run_decode"
                                                : ": the plan is for MHA / GQA (plan_gqa); use run_gqa_decode");
@@ -756,7 +810,13 @@ inline void check_run(const kernels::DecodePlan& plan, kernels::DecodeKind kind,
   MLA_CHECK_ARG(batch == 0 || seqs != nullptr, what, ": no sequences (batch ", batch, ")");
   MLA_CHECK_ARG(num_threads(pool) <= plan.threads(), what, ": the pool has ", num_threads(pool),
                 " threads, the plan was made for ", plan.threads());
+  for (Index b = 0; b < batch; ++b) check_sequence(b);
+  (void)kernels::resolve_path(path);
+  if (batch == 0) return;
+  ws.reserve(plan);
+  with_path_ops<OpsSet>(path, [&](auto ops) { run(ops, ws.data()); });
 }
+
 }  // namespace internal
 
 namespace kernels {
@@ -778,9 +838,8 @@ void run_decode(const DecodePlan& plan, const DecodeSequence<T>* seqs, Index bat
                 float softmax_scale, DecodeWorkspace& ws, ThreadPool* pool = nullptr,
                 KernelPath path = KernelPath::kAuto) {
   const char* what = "run_decode";
-  internal::check_run(plan, DecodeKind::kMlaAbsorbed, batch, seqs, pool, what);
   const Index R = plan.kv_lora_rank(), P = plan.rope_dim();
-  for (Index b = 0; b < batch; ++b) {
+  auto check_sequence = [&](Index b) {
     const DecodeSequence<T>& s = seqs[b];
     s.cache.validate(what, b);
     MLA_CHECK_ARG(s.cache.kv_lora_rank == R && s.cache.rope_dim == P, what, ", sequence ", b,
@@ -791,13 +850,12 @@ void run_decode(const DecodePlan& plan, const DecodeSequence<T>* seqs, Index bat
                   plan.q_len(b), " and ", plan.len(b));
     MLA_CHECK_ARG(s.q_lat != nullptr && s.o_lat != nullptr && (s.q_pe != nullptr || P == 0), what,
                   ", sequence ", b, ": q_lat, q_pe and o_lat must not be null");
-  }
-  (void)resolve_path(path);
-  if (batch == 0) return;
-  ws.reserve(plan);
-  internal::with_mla_ops(path, [&](auto ops) {
-    internal::run_decode_with<decltype(ops)>(plan, seqs, softmax_scale, ws.data(), pool);
-  });
+  };
+  internal::run_planned<internal::MlaPathOps>(
+      plan, DecodeKind::kMlaAbsorbed, batch, seqs, ws, pool, path, what, check_sequence,
+      [&](auto ops, float* base) {
+        internal::run_decode_with<decltype(ops)>(plan, seqs, softmax_scale, base, pool);
+      });
 }
 
 /// Plans and runs one step in one call (the plan lives in `ws`, and is reused while the shapes
@@ -865,69 +923,6 @@ void absorbed_attention(const AbsorbedAttentionShape& shape, const float* q_lat,
                            lse, ws, pool, path);
 }
 
-}  // namespace kernels
-
-namespace internal {
-
-/// run_gqa_decode() with the GQA tile operations `Ops`, on workspace `base`.
-template <class Ops, class T>
-void run_gqa_decode_with(const kernels::DecodePlan& plan, const kernels::GqaDecodeSequence<T>* seqs,
-                         float softmax_scale, float* base, ThreadPool* pool) {
-  const Index H = plan.num_heads(), G = plan.num_kv_heads(), group = H / G;
-  const Index v_dim = plan.v_dim(), o_stride = plan.o_stride();
-  const DecodeUnit* units = plan.units().data();
-  const DecodePiece* pieces = plan.pieces().data();
-  const Index* part_begin = plan.part_begin().data();
-  const float qscale = softmax_scale * kLog2e;
-  // Query row r of a unit (kv head g of sequence b) is token r / group, head g * group + r % group.
-  auto gqa_rows = [&](const DecodeUnit& u, Index r) {
-    const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
-    const Index row = (r / group) * H + u.head * group + r % group;
-    return std::pair(s.out + row * v_dim, s.lse == nullptr ? nullptr : s.lse + row);
-  };
-  auto shape_of = [&](const kernels::GqaDecodeSequence<T>& s) {
-    kernels::GqaAttentionShape shape;
-    shape.q_len = s.q_len;
-    shape.num_heads = H;
-    shape.num_kv_heads = G;
-    shape.head_dim = plan.head_dim();
-    shape.v_dim = v_dim;
-    shape.cache_len = s.len;
-    shape.k_head_stride = s.k_head_stride;
-    shape.v_head_stride = s.v_head_stride;
-    return shape;
-  };
-  parallel_for(pool, plan.num_parts(), [&](Index part, int thread) {
-    for (Index p = part_begin[part]; p < part_begin[part + 1]; ++p) {
-      const DecodePiece& piece = pieces[p];
-      const DecodeUnit& u = units[piece.unit];
-      const kernels::GqaDecodeSequence<T>& s = seqs[u.seq];
-      const kernels::GqaAttentionShape shape = shape_of(s);
-      const GqaLayout lay(s.q_len, H, G, shape.head_dim, v_dim);
-      // The thread's scratch: the forms' part first, then a whole unit's partial.
-      GqaDecodeScratch own;
-      own.lay_out(base + Index(thread) * plan.scratch_stride(), lay.scratch_stride, u.mc, o_stride);
-      const T* kh = s.k + u.head * s.k_head_stride;
-      const T* vh = s.v + u.head * s.v_head_stride;
-      if (u.num_pieces == 1) {
-        gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
-                            own.o, own.run_max, own.run_sum);
-        finish_whole_unit(u, own.o, own.run_max, own.run_sum, o_stride, v_dim, gqa_rows);
-      } else {
-        const Index k = p - u.first_piece;
-        gqa_range_task<Ops>(shape, lay, s.q, kh, vh, qscale, u.head, piece.j0, piece.j1, own.form,
-                            base + u.part_o + k * u.mc * o_stride, base + u.part_max + k * u.mc,
-                            base + u.part_sum + k * u.mc);
-      }
-    }
-  });
-  combine_split_units(plan, base, v_dim, pool, gqa_rows);
-}
-
-}  // namespace internal
-
-namespace kernels {
-
 /// Runs a planned MHA / GQA step (plan_gqa): for every sequence, token t, query head h and the
 /// rows j its token sees (j <= len - q_len + t),
 ///   s_j = softmax_scale q[t, h] . K[h / group, j],
@@ -946,8 +941,7 @@ void run_gqa_decode(const DecodePlan& plan, const GqaDecodeSequence<T>* seqs, In
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
                 "run_gqa_decode: the cache holds float or mla::bfloat16");
   const char* what = "run_gqa_decode";
-  internal::check_run(plan, DecodeKind::kGqa, batch, seqs, pool, what);
-  for (Index b = 0; b < batch; ++b) {
+  auto check_sequence = [&](Index b) {
     const GqaDecodeSequence<T>& s = seqs[b];
     MLA_CHECK_ARG(s.q_len == plan.q_len(b) && s.len == plan.len(b), what, ", sequence ", b,
                   ": q_len ", s.q_len, " and length ", s.len, " differ from the plan's ",
@@ -959,13 +953,12 @@ void run_gqa_decode(const DecodePlan& plan, const GqaDecodeSequence<T>* seqs, In
                   what, ", sequence ", b, ": head strides (", s.k_head_stride, ", ",
                   s.v_head_stride, ") must hold len * head_dim (", s.len * plan.head_dim(),
                   ") and len * v_dim (", s.len * plan.v_dim(), ")");
-  }
-  (void)resolve_path(path);
-  if (batch == 0) return;
-  ws.reserve(plan);
-  internal::with_gqa_ops(path, [&](auto ops) {
-    internal::run_gqa_decode_with<decltype(ops)>(plan, seqs, softmax_scale, ws.data(), pool);
-  });
+  };
+  internal::run_planned<internal::GqaPathOps>(
+      plan, DecodeKind::kGqa, batch, seqs, ws, pool, path, what, check_sequence,
+      [&](auto ops, float* base) {
+        internal::run_gqa_decode_with<decltype(ops)>(plan, seqs, softmax_scale, base, pool);
+      });
 }
 
 /// MHA / GQA decode attention of one sequence (flash decoding, each kv head streamed once per

@@ -358,6 +358,22 @@ struct GqaAvx2Ops {
     }
   }
 
+  // The whole vectors left after the 8 * NV strips (rest < NV of them): one block of W vectors
+  // for every bit W of rest, W = 8, 4, 2, 1, each compiled only where NV > W.
+  template <int GR, int NV, int W, class T>
+  static void accumulate_rest_blocks(const float* p, Index ldp, Index tn, const T* v, Index dim,
+                                     float* o, Index ldo, const float* alpha, Index rest, Index& d) {
+    if constexpr (W >= 1) {
+      if constexpr (NV > W) {
+        if (rest & W) {
+          accumulate_block<GR, W, false>(p, ldp, tn, v + d, dim, o + d, ldo, alpha, 8);
+          d += 8 * W;
+        }
+      }
+      accumulate_rest_blocks<GR, NV, W / 2>(p, ldp, tn, v, dim, o, ldo, alpha, rest, d);
+    }
+  }
+
   // Column strips of 8 * NV for GR query rows; the remaining whole vectors in blocks of 8, 4, 2
   // and 1 (so a 128-wide head at NV = 3 ends with a 2-vector and a 1-vector block rather than
   // single-chain strips), then a masked partial vector.
@@ -367,31 +383,7 @@ struct GqaAvx2Ops {
     Index d = 0;
     for (; d + 8 * NV <= dim; d += 8 * NV)
       accumulate_block<GR, NV, false>(p, ldp, tn, v + d, dim, o + d, ldo, alpha, 8);
-    const Index rest = (dim - d) / 8;  // < NV
-    if constexpr (NV > 8) {
-      if (rest & 8) {
-        accumulate_block<GR, 8, false>(p, ldp, tn, v + d, dim, o + d, ldo, alpha, 8);
-        d += 64;
-      }
-    }
-    if constexpr (NV > 4) {
-      if (rest & 4) {
-        accumulate_block<GR, 4, false>(p, ldp, tn, v + d, dim, o + d, ldo, alpha, 8);
-        d += 32;
-      }
-    }
-    if constexpr (NV > 2) {
-      if (rest & 2) {
-        accumulate_block<GR, 2, false>(p, ldp, tn, v + d, dim, o + d, ldo, alpha, 8);
-        d += 16;
-      }
-    }
-    if constexpr (NV > 1) {
-      if (rest & 1) {
-        accumulate_block<GR, 1, false>(p, ldp, tn, v + d, dim, o + d, ldo, alpha, 8);
-        d += 8;
-      }
-    }
+    accumulate_rest_blocks<GR, NV, 8>(p, ldp, tn, v, dim, o, ldo, alpha, (dim - d) / 8, d);
     if (d < dim) accumulate_block<GR, 1, true>(p, ldp, tn, v + d, dim, o + d, ldo, alpha, dim - d);
   }
 
@@ -705,16 +697,12 @@ void gqa_rows_task(const kernels::GqaAttentionShape& shape, const GqaLayout& lay
   }
 }
 
-/// Calls fn(Ops{}) with the GQA tile operations of `path`, chosen at run time; throws as
-/// kernels::resolve_path does when the CPU lacks the path.
-template <class Fn>
-void with_gqa_ops(kernels::KernelPath path, Fn&& fn) {
+/// The GQA tile operations of each path (where SIMD is not compiled, the portable ones).
 #if MLA_X86_SIMD
-  with_path_ops<GqaPortableOps, GqaAvx2Ops, GqaAvx512Ops, GqaAmxOps>(path, std::forward<Fn>(fn));
+using GqaPathOps = PathOps<GqaPortableOps, GqaAvx2Ops, GqaAvx512Ops, GqaAmxOps>;
 #else
-  with_path_ops<GqaPortableOps, GqaPortableOps, GqaPortableOps, GqaPortableOps>(path, std::forward<Fn>(fn));
+using GqaPathOps = PathOps<GqaPortableOps, GqaPortableOps, GqaPortableOps, GqaPortableOps>;
 #endif
-}
 
 /// Runs cache rows [j_begin, j_end) of kv head `head` in the form the path and the head's rows
 /// call for, writing the range's partial (O [g_rows][o_stride], max, sum). A range inside the

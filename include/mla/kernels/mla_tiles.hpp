@@ -496,16 +496,12 @@ constexpr bool uses_amx_form() {
 #endif
 }
 
-/// Calls fn(Ops{}) with the tile operations of `path` (see kernels::KernelPath), chosen at run
-/// time; throws as kernels::resolve_path does when the CPU lacks the path.
-template <class Fn>
-void with_mla_ops(kernels::KernelPath path, Fn&& fn) {
+/// The MLA tile operations of each path (where SIMD is not compiled, the portable ones).
 #if MLA_X86_SIMD
-  with_path_ops<MlaPortableOps, MlaAvx2Ops, MlaAvx512Ops, MlaAmxOps>(path, std::forward<Fn>(fn));
+using MlaPathOps = PathOps<MlaPortableOps, MlaAvx2Ops, MlaAvx512Ops, MlaAmxOps>;
 #else
-  with_path_ops<MlaPortableOps, MlaPortableOps, MlaPortableOps, MlaPortableOps>(path, std::forward<Fn>(fn));
+using MlaPathOps = PathOps<MlaPortableOps, MlaPortableOps, MlaPortableOps, MlaPortableOps>;
 #endif
-}
 
 }  // namespace internal
 }  // namespace mla

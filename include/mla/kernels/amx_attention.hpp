@@ -92,13 +92,8 @@ inline Index amx_query_floats(Index m_rows, Index k_dim) {
   return round_up(m_rows, 16) * round_up(k_dim, 32) / 2;
 }
 
-}  // namespace internal
-}  // namespace mla
-
 #if MLA_X86_SIMD
 MLA_TARGET_AMX_BEGIN
-namespace mla {
-namespace internal {
 
 /// Every tile 16 rows x 64 bytes: tiles 0-3 accumulate, 4-5 hold A operands, 6-7 B operands.
 inline void amx_configure_tiles() {

@@ -126,13 +126,8 @@ void fp8_latent_dequantize_rows_portable(const std::uint8_t* src, Index src_stri
   }
 }
 
-}  // namespace internal
-}  // namespace mla
-
 #if MLA_X86_SIMD
 MLA_TARGET_AVX2_BEGIN
-namespace mla {
-namespace internal {
 /// 8 E4M3 codes -> float, by bit arithmetic: placing the 7 magnitude bits at float bits 20..26
 /// gives a float whose exponent field is the E4M3 exponent, i.e. the value times 2^-120 (for
 /// exponent 0 a float subnormal, m * 2^-129, which is the E4M3 subnormal times 2^-120 too), so a

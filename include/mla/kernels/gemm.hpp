@@ -56,13 +56,8 @@ constexpr Index gemm_scratch_floats() {
   return kGemmKc * kGemmNc + kGemmMc * kGemmKc + kGemmMr * kGemmNr + 3 * 16;
 }
 
-}  // namespace internal
-}  // namespace mla
-
 #if MLA_X86_SIMD
 MLA_TARGET_AVX512_BEGIN
-namespace mla {
-namespace internal {
 /// The first k_done = kc rounded down to 16 rows of a whole 16-column micro-panel of a transposed
 /// B (src = B row n, k0; rows ldb apart), 16 k at a time: 16 rows x 16 values loaded, transposed
 /// in registers and stored as 16 panel rows, instead of a scalar scatter (one 4-byte store per
@@ -80,13 +75,8 @@ Index gemm_pack_b_panel_avx512(const TB* src, Index ldb, Index kc, float* dst) {
   }
   return k_done;
 }
-}  // namespace internal
-}  // namespace mla
 MLA_TARGET_END
 #endif  // MLA_X86_SIMD
-
-namespace mla {
-namespace internal {
 
 /// Packs op(B)[k0 .. k0+kc, n0 .. n0+nc) into micro-panels [nc/16][kc][16] (zero columns past nc);
 /// `simd512`: the AVX-512 path, which transposes whole panels of a transposed B in registers.
@@ -157,13 +147,8 @@ inline void gemm_tile_portable(Index kc, const float* ap, const float* bp, float
       for (Index j = 0; j < kGemmNr; ++j) tile[i * kGemmNr + j] += ap[k * kGemmMr + i] * bp[k * kGemmNr + j];
 }
 
-}  // namespace internal
-}  // namespace mla
-
 #if MLA_X86_SIMD
 MLA_TARGET_AVX2_BEGIN
-namespace mla {
-namespace internal {
 /// AVX2 micro-kernel: the 6 x 16 tile sum_k ap[k][0..6] x bp[k][0..16], stored to c (rows ldc
 /// apart; gemm_block passes C itself for a whole tile, a [6][16] scratch tile at the edges), or
 /// added to what c holds when `accumulate`.
@@ -203,13 +188,9 @@ MLA_NOINLINE inline void gemm_tile_avx2(Index kc, const float* ap, const float* 
     _mm256_storeu_ps(ci + 8, acc1[i]);
   }
 }
-}  // namespace internal
-}  // namespace mla
 MLA_TARGET_END
 
 MLA_TARGET_AVX512_BEGIN
-namespace mla {
-namespace internal {
 /// AVX-512 micro-kernel over the same packing: two A micro-panels (12 rows) x two B micro-panels
 /// (32 columns, two zmm per k step) = 24 zmm accumulators, 2 loads of B and 12 broadcasts of A
 /// per 24 FMAs. The two B micro-panels (2 x kc x 64 B = 32 KiB at kc = 256) stay in the 48 KiB L1
@@ -257,13 +238,8 @@ MLA_NOINLINE inline void gemm_tile_avx512(Index kc, const float* ap0, const floa
     _mm512_storeu_ps(ci + kGemmNr, acc1[i]);
   }
 }
-}  // namespace internal
-}  // namespace mla
 MLA_TARGET_END
 #endif  // MLA_X86_SIMD
-
-namespace mla {
-namespace internal {
 
 /// One 6 x 16 tile of C (h x w valid) from packed panels, by the AVX2 (`simd`) or the portable
 /// kernel.
@@ -341,13 +317,8 @@ void gemm_block(Index m0, Index mc_total, Index n0, Index nc_total, Index K, con
 // the other, longer ones four at a time; docs/benchmarks.md has the timings around the threshold.
 inline constexpr Index kGemvGroupMinRowBytes = 8192;
 
-}  // namespace internal
-}  // namespace mla
-
 #if MLA_X86_SIMD
 MLA_TARGET_AVX2_BEGIN
-namespace mla {
-namespace internal {
 /// out[r] = a . B[r, :] over K for R <= 4 rows of B (`ldb` apart) at once. Each row keeps two
 /// accumulators (alternate 8-wide blocks of k) and is reduced by the same reduce4_avx2 tree
 /// whether it shares a block with 0 or 3 other rows, so a result does not depend on how the rows
@@ -423,13 +394,8 @@ void gemm_small_m_b_avx2(Index M, Index n0, Index n1, Index K, const float* a, I
     }
   }
 }
-}  // namespace internal
-}  // namespace mla
 MLA_TARGET_END
 #endif  // MLA_X86_SIMD
-
-namespace mla {
-namespace internal {
 
 /// Few rows of A: C[m, :] op= A[m, :] op(B), streaming B once for all rows (no packing), by the
 /// AVX2 forms above (`simd`) or plain loops. Each output is summed the same way whatever rows or

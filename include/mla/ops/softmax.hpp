@@ -13,10 +13,27 @@
 #include "mla/simd/avx2.hpp"
 #include "mla/simd/portable.hpp"
 
-#if MLA_X86_SIMD
-MLA_TARGET_AVX2_BEGIN
 namespace mla {
 namespace internal {
+
+/// The rows no exponent is taken of, given whether the row holds a NaN and its maximum m: with a
+/// NaN the row becomes all NaN, with m = -inf (nothing visible) all zeros. Returns whether the
+/// row was one of these (and is done).
+template <class Scalar>
+bool softmax_special_row(Scalar* x, Index n, bool has_nan, Scalar m) {
+  if (has_nan) {
+    for (Index i = 0; i < n; ++i) x[i] = std::numeric_limits<Scalar>::quiet_NaN();
+    return true;
+  }
+  if (m == -std::numeric_limits<Scalar>::infinity()) {
+    for (Index i = 0; i < n; ++i) x[i] = Scalar(0);
+    return true;
+  }
+  return false;
+}
+
+#if MLA_X86_SIMD
+MLA_TARGET_AVX2_BEGIN
 
 /// Float rows on AVX2: the same steps 8 lanes at a time, exp through exp2_avx2 (relative error
 /// < 6e-9 besides rounding (x - max) * log2 e to float, as std::exp rounds its float argument),
@@ -37,14 +54,7 @@ inline void softmax_inplace_avx2(float* x, Index n) {
     if (std::isnan(x[i])) has_nan = true;
     if (x[i] > m) m = x[i];
   }
-  if (has_nan) {
-    for (Index i = 0; i < n; ++i) x[i] = std::numeric_limits<float>::quiet_NaN();
-    return;
-  }
-  if (m == -std::numeric_limits<float>::infinity()) {
-    for (Index i = 0; i < n; ++i) x[i] = 0.0f;
-    return;
-  }
+  if (softmax_special_row(x, n, has_nan, m)) return;
   const __m256 vm = _mm256_set1_ps(m);
   const __m256 log2e = _mm256_set1_ps(kLog2e);
   __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
@@ -67,12 +77,10 @@ inline void softmax_inplace_avx2(float* x, Index n) {
   for (Index i = n8; i < n; ++i) x[i] *= inv;
 }
 
-}  // namespace internal
-}  // namespace mla
 MLA_TARGET_END
 #endif  // MLA_X86_SIMD
 
-namespace mla {
+}  // namespace internal
 
 /// In place: x[i] <- exp(x[i] - max) / sum_j exp(x[j] - max) over the first n entries. Float rows
 /// run the AVX2 form on every `path` but kPortable (kAuto: where the CPU has it and
@@ -95,14 +103,7 @@ void softmax_inplace(Scalar* x, Index n, kernels::KernelPath path = kernels::Ker
     if (std::isnan(x[i])) has_nan = true;
     if (x[i] > m) m = x[i];
   }
-  if (has_nan) {
-    for (Index i = 0; i < n; ++i) x[i] = std::numeric_limits<Scalar>::quiet_NaN();
-    return;
-  }
-  if (m == -std::numeric_limits<Scalar>::infinity()) {
-    for (Index i = 0; i < n; ++i) x[i] = Scalar(0);
-    return;
-  }
+  if (internal::softmax_special_row(x, n, has_nan, m)) return;
   double sum = 0.0;
   for (Index i = 0; i < n; ++i) {
     x[i] = std::exp(x[i] - m);

@@ -116,18 +116,19 @@ inline __m256 load8_partial(const bfloat16* p, Index n) {
   return _mm256_load_ps(tmp);
 }
 
+/// Values [c, cols) of one row widened to float, 8 at a time, then one by one.
+template <class T>
+void widen_row_from_avx2(const T* s, Index c, Index cols, float* d) {
+  for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(d + c, load8_widen(s + c));
+  for (; c < cols; ++c) d[c] = to_float(s[c]);
+}
+
 /// AVX2 widening of a block of rows (as widen_rows_portable), 8 values at a time.
 template <class T>
 void widen_rows_avx2(const T* src, Index src_stride, Index rows, Index cols, float* dst,
                      Index dst_stride) {
-  const Index cols8 = cols & ~Index(7);
-  for (Index r = 0; r < rows; ++r) {
-    const T* s = src + r * src_stride;
-    float* d = dst + r * dst_stride;
-    Index c = 0;
-    for (; c < cols8; c += 8) _mm256_storeu_ps(d + c, load8_widen(s + c));
-    for (; c < cols; ++c) d[c] = to_float(s[c]);
-  }
+  for (Index r = 0; r < rows; ++r)
+    widen_row_from_avx2(src + r * src_stride, 0, cols, dst + r * dst_stride);
 }
 
 }  // namespace internal

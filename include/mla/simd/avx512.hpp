@@ -35,14 +35,12 @@ inline __m512 load16_widen(const bfloat16* p) {
 template <class T>
 void widen_rows_avx512(const T* src, Index src_stride, Index rows, Index cols, float* dst,
                        Index dst_stride) {
-  const Index cols8 = cols & ~Index(7);
   for (Index r = 0; r < rows; ++r) {
     const T* s = src + r * src_stride;
     float* d = dst + r * dst_stride;
     Index c = 0;
-    for (; c + 16 <= cols8; c += 16) _mm512_storeu_ps(d + c, load16_widen(s + c));
-    for (; c < cols8; c += 8) _mm256_storeu_ps(d + c, load8_widen(s + c));
-    for (; c < cols; ++c) d[c] = to_float(s[c]);
+    for (; c + 16 <= cols; c += 16) _mm512_storeu_ps(d + c, load16_widen(s + c));
+    widen_row_from_avx2(s, c, cols, d);
   }
 }
 

@@ -1,7 +1,9 @@
 // Attention cores shared by the layers: softmax(scale * Q K^T) V per head over a KvCache, and the
-// MLA absorbed core over the latent rows of any latent cache (a LatentRowsView). Each has a plain
-// Eigen-GEMM version, used for every scalar type (double included), and a dispatcher that sends
-// float layers to the fast kernels in mla/kernels/ (tests compare the two).
+// MLA absorbed core over the latent rows of any latent cache (a LatentRowsView). Float layers go
+// through the decode engine (mla/kernels/decode_engine.hpp) for every cache type. Layers of other
+// scalar types (double: the float64 instantiation the float paths are tested against) take the
+// plain formulation below, *_generic: the whole score row through Eigen GEMMs, an exact softmax,
+// no online softmax, no split and no tiling, so there is no second flash-decode to keep in step.
 //
 // Causality: the T new tokens are the last T rows of the cache, so new token t sees cache rows
 // [0, L - T + t], L = cache.size() after the append.
@@ -187,6 +189,17 @@ void check_attention_path(kernels::KernelPath path) {
   if constexpr (kHasFastKernel<Scalar, T>) {
     (void)kernels::resolve_path(path);  // kAmx: also asks the OS for the tile state
   }
+}
+
+/// A layer's allocating forward(): a new result [T, hidden_size] and Workspace, then the layer's
+/// forward(x, positions, cache, out, ws, extra...) (`extra`: the MLA path, if any).
+template <class Scalar, class Layer, class X, class Cache, class... Extra>
+Matrix<Scalar> forward_allocating(const Layer& layer, const X& x, const PositionsRef& positions,
+                                  Cache& cache, Extra... extra) {
+  Matrix<Scalar> out(x.rows(), layer.config().hidden_size);
+  Workspace ws;
+  layer.forward(x, positions, cache, out, ws, extra...);
+  return out;
 }
 
 /// Runs `undo` when it goes out of scope during stack unwinding, unless dismiss() was called:

@@ -21,6 +21,7 @@
 #include "mla/core/types.hpp"
 #include "mla/layers/workspace.hpp"
 #include "mla/layers/attention_core.hpp"
+#include "mla/layers/layer_options.hpp"
 #include "mla/ops/linear.hpp"
 #include "mla/ops/rope.hpp"
 
@@ -36,16 +37,8 @@ class GroupedQueryAttention {
     Linear<Scalar> v_proj;  ///< [KV*D, hidden]
     Linear<Scalar> o_proj;  ///< [hidden, H*D]
   };
-  struct Options {
-    /// Positions accepted, [0, max_positions); 0 means config.max_position_embeddings. At most
-    /// kMaxPositions; the cos/sin table is bounded whatever this is (kRopeTableMaxPairs).
-    std::int64_t max_positions = 0;
-    /// kBf16 (float layers only): keep q/k/v/o_proj as bfloat16 (half the bytes per decode step).
-    WeightFormat projection_weights = WeightFormat::kAsLoaded;
-    /// Instruction-set path of the attention kernel (float layers); kernels::KernelPath::kAmx
-    /// runs a bf16 cache on the AMX tiles with the query and weights rounded to bf16.
-    kernels::KernelPath attention_path = kernels::KernelPath::kAuto;
-  };
+  /// Construction options (layers/layer_options.hpp).
+  using Options = AttentionLayerOptions;
 
   /// Validates `config` and every weight shape against it (std::invalid_argument naming the
   /// weight, the expected and the actual shape).
@@ -65,8 +58,7 @@ class GroupedQueryAttention {
     MLA_CHECK_ARG(cfg_.o_bias == w_.o_proj.has_bias(), "o_proj bias: config says o_bias=",
                   cfg_.o_bias, " but the weights ", cfg_.o_bias ? "lack" : "have", " it");
     rope_ = std::make_shared<const RotaryEmbedding<Scalar>>(
-        cfg_.rope, D, options.max_positions > 0 ? options.max_positions
-                                                : cfg_.max_position_embeddings);
+        cfg_.rope, D, options.positions_or(cfg_.max_position_embeddings));
     attention_path_ = options.attention_path;
     apply_weight_format<Scalar>(options.projection_weights,
                                 {&w_.q_proj, &w_.k_proj, &w_.v_proj, &w_.o_proj});
@@ -135,10 +127,7 @@ class GroupedQueryAttention {
   template <class T>
   Matrix<Scalar> forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
                          KvCache<T>& cache) const {
-    Matrix<Scalar> out(x.rows(), cfg_.hidden_size);
-    Workspace ws;
-    forward(x, positions, cache, out, ws);
-    return out;
+    return internal::forward_allocating<Scalar>(*this, x, positions, cache);
   }
 
  private:

@@ -46,6 +46,7 @@
 #include "mla/core/types.hpp"
 #include "mla/layers/workspace.hpp"
 #include "mla/layers/attention_core.hpp"
+#include "mla/layers/layer_options.hpp"
 #include "mla/ops/linear.hpp"
 #include "mla/ops/matmul.hpp"
 #include "mla/ops/rmsnorm.hpp"
@@ -101,20 +102,8 @@ class MultiHeadLatentAttention {
     Linear<Scalar> kv_b_proj;           ///< [H*(N+V), R]
     Linear<Scalar> o_proj;              ///< [hidden, H*V]
   };
-  struct Options {
-    /// Positions accepted, [0, max_positions); 0 means config.max_position_embeddings. At most
-    /// kMaxPositions. The cos/sin table is bounded whatever this is (kRopeTableMaxPairs,
-    /// ops/rope.hpp); engines serving shorter contexts may lower it to refuse later positions.
-    std::int64_t max_positions = 0;
-    /// kBf16 (float layers only): keep q_a_proj, q_b_proj / q_proj, kv_a_proj_with_mqa and
-    /// o_proj as bfloat16, halving the bytes a batch-1 decode step streams (~170 M of the
-    /// ~187 M weights of a DeepSeek-V3 layer). kv_b_proj and its W_UK / W_UV split stay in float.
-    WeightFormat projection_weights = WeightFormat::kAsLoaded;
-    /// Instruction-set path of the attention kernels (float layers). kernels::KernelPath::kAmx
-    /// runs attention over a bf16 cache on the AMX tiles, rounding the query and the softmax
-    /// weights to bf16 (see mla/kernels/amx_attention.hpp); kAuto keeps float accuracy.
-    kernels::KernelPath attention_path = kernels::KernelPath::kAuto;
-  };
+  /// Construction options (layers/layer_options.hpp).
+  using Options = AttentionLayerOptions;
 
   /// Validates the config and every weight shape (std::invalid_argument naming the weight, the
   /// expected and the actual shape), then splits kv_b_proj into per-head W_UK and W_UV once.
@@ -132,7 +121,7 @@ class MultiHeadLatentAttention {
     }
     rope_ = std::make_shared<const RotaryEmbedding<Scalar>>(
         cfg_.rope, cfg_.qk_rope_head_dim,
-        options.max_positions > 0 ? options.max_positions : cfg_.max_position_embeddings);
+        options.positions_or(cfg_.max_position_embeddings));
     attention_path_ = options.attention_path;
     apply_weight_format<Scalar>(options.projection_weights,
                                 {&w_.q_a_proj, &w_.q_b_proj, &w_.q_proj, &w_.kv_a_proj_with_mqa, &w_.o_proj});
@@ -271,18 +260,12 @@ class MultiHeadLatentAttention {
   template <class Cache, std::enable_if_t<kIsLatentCache<Cache>, int> = 0>
   Matrix<Scalar> forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
                          Cache& cache, MlaPath path = MlaPath::kAuto) const {
-    Matrix<Scalar> out(x.rows(), cfg_.hidden_size);
-    Workspace ws;
-    forward(x, positions, cache, out, ws, path);
-    return out;
+    return internal::forward_allocating<Scalar>(*this, x, positions, cache, path);
   }
   template <class T>
   Matrix<Scalar> forward(const Eigen::Ref<const Matrix<Scalar>>& x, const PositionsRef& positions,
                          KvCache<T>& cache) const {
-    Matrix<Scalar> out(x.rows(), cfg_.hidden_size);
-    Workspace ws;
-    forward(x, positions, cache, out, ws);
-    return out;
+    return internal::forward_allocating<Scalar>(*this, x, positions, cache);
   }
 
   /// Everything before o_proj: appends the latent rows of `x` to `cache` and writes the

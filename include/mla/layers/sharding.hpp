@@ -25,18 +25,34 @@ struct HeadShard {
 };
 
 namespace internal {
+/// Rows [first, first + count) of a projection (weight and bias), for a shard of its heads.
 template <class Scalar>
 Linear<Scalar> rows_of(const Linear<Scalar>& l, Index first, Index count) {
   Linear<Scalar> out{l.weight.middleRows(first, count), {}};
   if (l.has_bias()) out.bias = l.bias.segment(first, count);
   return out;
 }
-/// Written as num_heads <= heads - first_head so that no sum can overflow.
-inline void check_shard(const HeadShard& s, Index heads) {
+/// Validates the full layer's config (which bounds every dim, so the row offsets a shard slices
+/// at cannot overflow) and the shard against its heads (written as num_heads <= heads -
+/// first_head so that no sum can overflow).
+template <class Config>
+void check_shard(const Config& cfg, const HeadShard& s) {
+  cfg.validate();
+  const Index heads = cfg.num_attention_heads;
   MLA_CHECK_ARG(s.num_heads > 0 && s.first_head >= 0 && s.first_head < heads &&
                     s.num_heads <= heads - s.first_head,
                 "head shard (first_head ", s.first_head, ", num_heads ", s.num_heads,
                 ") is not a non-empty range inside the layer's ", heads, " heads");
+}
+
+/// Columns [first, first + count) of an output projection, for a shard of the heads that feed
+/// it. The bias is added once to the sum of the shards' outputs: the shard starting at head 0
+/// keeps it, the others get zeros.
+template <class Scalar>
+Linear<Scalar> columns_of(const Linear<Scalar>& l, Index first, Index count) {
+  Linear<Scalar> out{l.weight.middleCols(first, count), {}};
+  if (l.has_bias()) out.bias = first == 0 ? l.bias : Vector<Scalar>::Zero(l.bias.size());
+  return out;
 }
 }  // namespace internal
 
@@ -45,8 +61,7 @@ template <class Scalar>
 std::pair<MlaConfig, typename MultiHeadLatentAttention<Scalar>::Weights> shard_mla_weights(
     const MlaConfig& cfg, const typename MultiHeadLatentAttention<Scalar>::Weights& w,
     HeadShard shard) {
-  cfg.validate();  // bounds every dim, so the row offsets below cannot overflow
-  internal::check_shard(shard, cfg.num_attention_heads);
+  internal::check_shard(cfg, shard);
   const Index h0 = shard.first_head, n = shard.num_heads, qk = cfg.qk_head_dim(),
               kvh = cfg.qk_nope_head_dim + cfg.v_head_dim, V = cfg.v_head_dim,
               H = cfg.num_attention_heads;
@@ -69,9 +84,7 @@ std::pair<MlaConfig, typename MultiHeadLatentAttention<Scalar>::Weights> shard_m
   s.kv_a_proj_with_mqa = w.kv_a_proj_with_mqa;
   s.kv_a_layernorm = w.kv_a_layernorm;
   s.kv_b_proj = internal::rows_of(w.kv_b_proj, h0 * kvh, n * kvh);
-  s.o_proj.weight = w.o_proj.weight.middleCols(h0 * V, n * V);
-  if (w.o_proj.has_bias())
-    s.o_proj.bias = h0 == 0 ? w.o_proj.bias : Vector<Scalar>::Zero(w.o_proj.bias.size());
+  s.o_proj = internal::columns_of(w.o_proj, h0 * V, n * V);
   return {c, std::move(s)};
 }
 
@@ -82,8 +95,7 @@ template <class Scalar>
 std::pair<AttentionConfig, typename GroupedQueryAttention<Scalar>::Weights> shard_gqa_weights(
     const AttentionConfig& cfg, const typename GroupedQueryAttention<Scalar>::Weights& w,
     HeadShard shard) {
-  cfg.validate();  // bounds every dim, so the row offsets below cannot overflow
-  internal::check_shard(shard, cfg.num_attention_heads);
+  internal::check_shard(cfg, shard);
   const Index g = cfg.group_size(), D = cfg.head_dim;
   // The weights being sliced must be the full layer's (slicing past them would read out of bounds).
   w.q_proj.check_shape("q_proj", cfg.num_attention_heads * D, cfg.hidden_size);
@@ -101,10 +113,7 @@ std::pair<AttentionConfig, typename GroupedQueryAttention<Scalar>::Weights> shar
   s.q_proj = internal::rows_of(w.q_proj, shard.first_head * D, shard.num_heads * D);
   s.k_proj = internal::rows_of(w.k_proj, kv0 * D, kvn * D);
   s.v_proj = internal::rows_of(w.v_proj, kv0 * D, kvn * D);
-  s.o_proj.weight = w.o_proj.weight.middleCols(shard.first_head * D, shard.num_heads * D);
-  if (w.o_proj.has_bias())
-    s.o_proj.bias =
-        shard.first_head == 0 ? w.o_proj.bias : Vector<Scalar>::Zero(w.o_proj.bias.size());
+  s.o_proj = internal::columns_of(w.o_proj, shard.first_head * D, shard.num_heads * D);
   return {c, std::move(s)};
 }
 

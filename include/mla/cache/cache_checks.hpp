@@ -1,5 +1,6 @@
 // The checks every cache makes on reserve, truncate and append, with the messages naming the
-// cache, the value and what was expected (std::invalid_argument, before anything changes).
+// cache, the value and what was expected (std::invalid_argument, before anything changes), and
+// the length bookkeeping the contiguous caches share.
 #pragma once
 
 #include "mla/core/check.hpp"
@@ -24,5 +25,36 @@ inline void check_cache_room(const char* cache, Index n, Index size, Index capac
   MLA_CHECK_ARG(n >= 0 && n <= capacity - size, cache, " overflow: appending ", n, " tokens to ",
                 size, " stored with capacity ", capacity, "; call reserve() to grow the cache");
 }
+
+/// Size and capacity of a contiguous cache (LatentCache, Fp8LatentCache, KvCache) and the calls
+/// that only move them; the cache's reserve() and append() own the storage.
+class ContiguousCacheLength {
+ public:
+  /// Tokens stored.
+  Index size() const { return size_; }
+  /// Tokens the storage has room for.
+  Index capacity() const { return capacity_; }
+  /// Forgets all tokens (keeps the allocation).
+  void clear() { size_ = 0; }
+  /// Drops tokens past `new_size` (e.g. rejected speculative tokens).
+  void truncate(Index new_size) {
+    check_cache_truncate(name_, new_size, size_);
+    size_ = new_size;
+  }
+  /// Throws std::invalid_argument unless `n` more tokens fit.
+  void check_room(Index n) const { check_cache_room(name_, n, size_, capacity_); }
+
+ protected:
+  /// `name`: the cache's type as error messages call it (a string literal).
+  explicit ContiguousCacheLength(const char* name) : name_(name) {}
+  /// reserve()'s first step: checks `new_capacity`, and says whether the storage must grow.
+  bool must_grow_to(Index new_capacity) const {
+    check_cache_reserve(name_, new_capacity);
+    return new_capacity > capacity_;
+  }
+
+  const char* name_;
+  Index size_ = 0, capacity_ = 0;
+};
 
 }  // namespace mla::internal

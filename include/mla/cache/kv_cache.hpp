@@ -17,15 +17,16 @@
 namespace mla {
 
 template <class T>
-class KvCache {
+class KvCache : public internal::ContiguousCacheLength {
  public:
   using Element = T;
 
-  KvCache() = default;
+  KvCache() : ContiguousCacheLength("KvCache") {}
   /// Cache for `kv_heads` heads of key width `head_dim` and value width `v_dim`, with room for
   /// `capacity` tokens allocated up front.
   KvCache(Index kv_heads, Index head_dim, Index v_dim, Index capacity)
-      : kv_heads_(kv_heads), head_dim_(head_dim), v_dim_(v_dim) {
+      : ContiguousCacheLength("KvCache"), kv_heads_(kv_heads), head_dim_(head_dim),
+        v_dim_(v_dim) {
     MLA_CHECK_ARG(kv_heads > 0 && head_dim > 0 && v_dim > 0, "KvCache: kv_heads (", kv_heads,
                   "), head_dim (", head_dim, ") and v_dim (", v_dim, ") must be positive");
     internal::checked_mul("KvCache: values per token kv_heads * (head_dim + v_dim)",
@@ -37,9 +38,6 @@ class KvCache {
   Index kv_heads() const { return kv_heads_; }
   Index head_dim() const { return head_dim_; }
   Index v_dim() const { return v_dim_; }
-  /// Tokens stored.
-  Index size() const { return size_; }
-  Index capacity() const { return capacity_; }
   /// Elements per token per layer: K and V of every KV head.
   Index values_per_token() const { return kv_heads_ * (head_dim_ + v_dim_); }
   /// Exact bytes one token occupies in this cache.
@@ -52,8 +50,7 @@ class KvCache {
   /// Grows the storage to hold `new_capacity` tokens (never shrinks); keeps the contents.
   /// This is the only call that allocates.
   void reserve(Index new_capacity) {
-    internal::check_cache_reserve("KvCache", new_capacity);
-    if (new_capacity <= capacity_) return;
+    if (!must_grow_to(new_capacity)) return;
     std::vector<T> k(static_cast<std::size_t>(internal::checked_elements<T>(
         "KvCache::reserve: K elements kv_heads * capacity * head_dim",
         {kv_heads_, new_capacity, head_dim_})));
@@ -69,19 +66,6 @@ class KvCache {
     k_.swap(k);
     v_.swap(v);
     capacity_ = new_capacity;
-  }
-
-  /// Forgets all tokens (keeps the allocation).
-  void clear() { size_ = 0; }
-  /// Drops tokens past `new_size` (e.g. rejected speculative tokens).
-  void truncate(Index new_size) {
-    internal::check_cache_truncate("KvCache", new_size, size_);
-    size_ = new_size;
-  }
-
-  /// Throws std::invalid_argument unless `n` more tokens fit.
-  void check_room(Index n) const {
-    internal::check_cache_room("KvCache", n, size_, capacity_);
   }
 
   /// Appends `n` tokens. `k` is token-major [n, kv_heads, head_dim] with row stride `k_stride`
@@ -114,7 +98,6 @@ class KvCache {
 
  private:
   Index kv_heads_ = 0, head_dim_ = 0, v_dim_ = 0;
-  Index size_ = 0, capacity_ = 0;
   std::vector<T> k_;  // [kv_heads, capacity, head_dim]
   std::vector<T> v_;  // [kv_heads, capacity, v_dim]
 };

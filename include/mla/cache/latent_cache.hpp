@@ -17,13 +17,15 @@
 namespace mla {
 
 template <class T>
-class LatentCache {
+class LatentCache : public internal::ContiguousCacheLength {
  public:
   using Element = T;
 
-  LatentCache() = default;
+  LatentCache() : ContiguousCacheLength("LatentCache") {}
   LatentCache(Index kv_lora_rank, Index qk_rope_head_dim, Index capacity)
-      : kv_lora_rank_(kv_lora_rank), rope_dim_(qk_rope_head_dim) {
+      : ContiguousCacheLength("LatentCache"),
+        kv_lora_rank_(kv_lora_rank),
+        rope_dim_(qk_rope_head_dim) {
     MLA_CHECK_ARG(kv_lora_rank > 0 && qk_rope_head_dim >= 0, "LatentCache: kv_lora_rank (",
                   kv_lora_rank, ") must be positive and qk_rope_head_dim (", qk_rope_head_dim,
                   ") non-negative");
@@ -36,29 +38,18 @@ class LatentCache {
   Index rope_dim() const { return rope_dim_; }
   /// Values per row: kv_lora_rank + qk_rope_head_dim.
   Index row_dim() const { return kv_lora_rank_ + rope_dim_; }
-  Index size() const { return size_; }
-  Index capacity() const { return capacity_; }
   /// Exact bytes one token occupies: (kv_lora_rank + qk_rope_head_dim) * sizeof(T).
   std::size_t bytes_per_token() const { return static_cast<std::size_t>(row_dim()) * sizeof(T); }
   std::size_t bytes_allocated() const { return data_.capacity() * sizeof(T); }
 
   /// Grows to `new_capacity` tokens (never shrinks), keeping the contents; the only allocation.
   void reserve(Index new_capacity) {
-    internal::check_cache_reserve("LatentCache", new_capacity);
-    if (new_capacity <= capacity_) return;
+    if (!must_grow_to(new_capacity)) return;
     std::vector<T> d(static_cast<std::size_t>(internal::checked_elements<T>(
         "LatentCache::reserve: capacity * row width", {new_capacity, row_dim()})));
     std::copy_n(data_.data(), size_ * row_dim(), d.data());
     data_.swap(d);
     capacity_ = new_capacity;
-  }
-  void clear() { size_ = 0; }
-  void truncate(Index new_size) {
-    internal::check_cache_truncate("LatentCache", new_size, size_);
-    size_ = new_size;
-  }
-  void check_room(Index n) const {
-    internal::check_cache_room("LatentCache", n, size_, capacity_);
   }
 
   /// Appends `n` rows; `src` is [n, row_dim()] with `src_stride` elements between rows,
@@ -84,7 +75,6 @@ class LatentCache {
 
  private:
   Index kv_lora_rank_ = 0, rope_dim_ = 0;
-  Index size_ = 0, capacity_ = 0;
   std::vector<T> data_;  // [capacity, kv_lora_rank + rope_dim]
 };
 

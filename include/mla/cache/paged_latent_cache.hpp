@@ -76,8 +76,7 @@ template <class T>
 class LatentBlockPool {
  public:
   using Element = T;
-  using Codec = LatentRowCodec<T>;
-  using Unit = typename Codec::Unit;
+  using Unit = typename LatentRowCodec<T>::Unit;  // what a row is stored in
 
   LatentBlockPool(Index kv_lora_rank, Index qk_rope_head_dim, Index num_blocks,
                   Index block_size = kDefaultBlockSize)
@@ -86,7 +85,7 @@ class LatentBlockPool {
                   kv_lora_rank, ") must be positive and qk_rope_head_dim (", qk_rope_head_dim,
                   ") non-negative");
     MLA_CHECK_ARG(block_size >= 1, "LatentBlockPool: block_size (", block_size, ") must be >= 1");
-    row_units_ = Codec::row_units(kv_lora_rank, qk_rope_head_dim);
+    row_units_ = LatentRowCodec<T>::row_units(kv_lora_rank, qk_rope_head_dim);
     internal::checked_mul("LatentBlockPool: block units block_size * row units",
                           {block_size, row_units_});
     grow(num_blocks);
@@ -191,8 +190,7 @@ template <class T>
 class PagedLatentCache {
  public:
   using Element = T;
-  using Codec = LatentRowCodec<T>;
-  using Unit = typename Codec::Unit;
+  using Unit = typename LatentRowCodec<T>::Unit;  // what a row is stored in
 
   PagedLatentCache() = default;
   explicit PagedLatentCache(LatentBlockPool<T>& pool, Index capacity = 0) : pool_(&pool) {
@@ -261,7 +259,7 @@ class PagedLatentCache {
   void append(const Src* src, Index src_stride, Index n) {
     check_room(n);
     for (Index t = 0; t < n; ++t)
-      Codec::encode(src + t * src_stride, kv_lora_rank(), rope_dim(), row(size_ + t));
+      LatentRowCodec<T>::encode(src + t * src_stride, kv_lora_rank(), rope_dim(), row(size_ + t));
     size_ += n;
   }
 

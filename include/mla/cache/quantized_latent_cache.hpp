@@ -16,13 +16,13 @@ namespace mla {
 
 /// Contiguous 8-bit latent cache: LatentCache's interface (capacity, explicit reserve(), append of
 /// float rows [c_kv | k_pe], truncate) over FP8 rows of Fp8LatentLayout. append() quantises.
-class Fp8LatentCache {
+class Fp8LatentCache : public internal::ContiguousCacheLength {
  public:
   using Element = Fp8Latent;
 
-  Fp8LatentCache() = default;
+  Fp8LatentCache() : ContiguousCacheLength("Fp8LatentCache") {}
   Fp8LatentCache(Index kv_lora_rank, Index qk_rope_head_dim, Index capacity)
-      : layout_{kv_lora_rank, qk_rope_head_dim} {
+      : ContiguousCacheLength("Fp8LatentCache"), layout_{kv_lora_rank, qk_rope_head_dim} {
     layout_.validate();
     reserve(capacity);
   }
@@ -32,8 +32,6 @@ class Fp8LatentCache {
   Index rope_dim() const { return layout_.rope_dim; }
   /// Values per row once dequantised: kv_lora_rank + qk_rope_head_dim.
   Index row_dim() const { return layout_.kv_lora_rank + layout_.rope_dim; }
-  Index size() const { return size_; }
-  Index capacity() const { return capacity_; }
   /// Exact bytes one token occupies (656 for DeepSeek-V3's 512 + 64).
   std::size_t bytes_per_token() const {
     return static_cast<std::size_t>(layout_.bytes_per_token());
@@ -42,21 +40,12 @@ class Fp8LatentCache {
 
   /// Grows to `new_capacity` tokens (never shrinks), keeping the contents; the only allocation.
   void reserve(Index new_capacity) {
-    internal::check_cache_reserve("Fp8LatentCache", new_capacity);
-    if (new_capacity <= capacity_) return;
+    if (!must_grow_to(new_capacity)) return;
     data_.resize(static_cast<std::size_t>(internal::checked_elements<std::uint8_t>(
         "Fp8LatentCache::reserve: capacity * row bytes",
         {new_capacity, layout_.bytes_per_token()})));
     data_.shrink_to_fit();
     capacity_ = new_capacity;
-  }
-  void clear() { size_ = 0; }
-  void truncate(Index new_size) {
-    internal::check_cache_truncate("Fp8LatentCache", new_size, size_);
-    size_ = new_size;
-  }
-  void check_room(Index n) const {
-    internal::check_cache_room("Fp8LatentCache", n, size_, capacity_);
   }
 
   /// Quantises and appends `n` rows; `src` is [n, row_dim()] with `src_stride` elements between
@@ -85,7 +74,6 @@ class Fp8LatentCache {
 
  private:
   Fp8LatentLayout layout_{};
-  Index size_ = 0, capacity_ = 0;
   std::vector<std::uint8_t> data_;  // [capacity, bytes_per_token]
 };
 

@@ -128,6 +128,18 @@ Matrix<Scalar> run_sequence(const Matrix<Scalar>& x, const Positions& pos, bool 
   return out;
 }
 
+/// The layer's RoPE inverse frequencies and softmax scale against the case's.
+template <class Layer>
+void check_constants(CaseResult& r, const std::string& io, const io::SafetensorsFile& f,
+                     const Layer& layer, const Tolerances& tol) {
+  const auto& inv_freq = layer.rope().inv_freq();
+  add_check(r, io, "rope_inv_freq",
+            Eigen::Map<const Eigen::VectorXd>(inv_freq.data(), static_cast<Index>(inv_freq.size())),
+            read_2d<double>(f, "rope_inv_freq"), tol.constants);
+  add_check(r, io, "attn_scale", Eigen::Matrix<double, 1, 1>(layer.config().softmax_scale()),
+            Eigen::Matrix<double, 1, 1>(f.read_scalar<double>("attn_scale")), tol.constants);
+}
+
 template <class Scalar>
 void check_mla(const io::Checkpoint& ckpt, CaseResult& r, const Tolerances& tol) {
   const MlaConfig cfg = io::parse_mla_config(ckpt.config());
@@ -142,11 +154,7 @@ void check_mla(const io::Checkpoint& ckpt, CaseResult& r, const Tolerances& tol)
     const Matrix<double> ref_out = read_2d<double>(f, "output");
     const Index T = x.rows();
 
-    add_check(r, io, "rope_inv_freq", Eigen::Map<const Eigen::VectorXd>(
-                  layer.rope().inv_freq().data(), static_cast<Index>(layer.rope().inv_freq().size())),
-              read_2d<double>(f, "rope_inv_freq"), tol.constants);
-    add_check(r, io, "attn_scale", Eigen::Matrix<double, 1, 1>(cfg.softmax_scale()),
-              Eigen::Matrix<double, 1, 1>(f.read_scalar<double>("attn_scale")), tol.constants);
+    check_constants(r, io, f, layer, tol);
 
     Workspace ws;
     Matrix<Scalar> q(T, H * (N + P)), c(T, R + P);
@@ -203,11 +211,7 @@ void check_gqa(const io::Checkpoint& ckpt, CaseResult& r, const Tolerances& tol)
     const Matrix<Scalar> x = read_2d<Scalar>(f, "hidden_states");
     const Positions pos = read_positions(f);
     const Index T = x.rows();
-    add_check(r, io, "rope_inv_freq", Eigen::Map<const Eigen::VectorXd>(
-                  layer.rope().inv_freq().data(), static_cast<Index>(layer.rope().inv_freq().size())),
-              read_2d<double>(f, "rope_inv_freq"), tol.constants);
-    add_check(r, io, "attn_scale", Eigen::Matrix<double, 1, 1>(cfg.softmax_scale()),
-              Eigen::Matrix<double, 1, 1>(f.read_scalar<double>("attn_scale")), tol.constants);
+    check_constants(r, io, f, layer, tol);
     Matrix<Scalar> q(T, H * D), k(T, KV * D), v(T, KV * D);
     layer.project_qkv(x, pos, q, k, v);
     add_check(r, io, "q", q, read_2d<double>(f, "q"), tol.activations);

@@ -98,12 +98,7 @@ class Checkpoint {
 
   bool contains(const std::string& name) const { return weight_map_.count(name) != 0; }
   /// Tensor names, sorted.
-  std::vector<std::string> names() const {
-    std::vector<std::string> out;
-    out.reserve(weight_map_.size());
-    for (const auto& kv : weight_map_) out.push_back(kv.first);
-    return out;
-  }
+  std::vector<std::string> names() const { return internal::keys_of(weight_map_); }
   std::size_t size() const { return weight_map_.size(); }
   /// Shard file names relative to folder(), sorted.
   const std::vector<std::string>& shard_files() const { return shard_files_; }

@@ -133,14 +133,22 @@ MultiHeadLatentAttention<Scalar> load_mla_layer_shard(
   return make_mla_shard<Scalar>(cfg, load_mla_weights<Scalar>(src, cfg, layer), shard, options);
 }
 
+namespace detail {
+/// A Hugging Face model folder's checkpoint; throws std::runtime_error when it has no config.json.
+inline Checkpoint open_model_folder(const std::filesystem::path& folder) {
+  Checkpoint ckpt(folder);
+  MLA_CHECK_DATA(ckpt.has_config(), "'", folder.string(), "' has no config.json");
+  return ckpt;
+}
+}  // namespace detail
+
 /// Opens a Hugging Face model folder (config.json + *.safetensors) and builds the MHA/GQA
 /// attention of `layer`.
 template <class Scalar>
 GroupedQueryAttention<Scalar> load_gqa_layer(
     const std::filesystem::path& folder, int layer,
     typename GroupedQueryAttention<Scalar>::Options options = {}) {
-  const Checkpoint ckpt(folder);
-  MLA_CHECK_DATA(ckpt.has_config(), "'", folder.string(), "' has no config.json");
+  const Checkpoint ckpt = detail::open_model_folder(folder);
   return load_gqa_layer<Scalar>(ckpt, parse_attention_config(ckpt.config()), layer, options);
 }
 
@@ -149,8 +157,7 @@ template <class Scalar>
 MultiHeadLatentAttention<Scalar> load_mla_layer(
     const std::filesystem::path& folder, int layer,
     typename MultiHeadLatentAttention<Scalar>::Options options = {}) {
-  const Checkpoint ckpt(folder);
-  MLA_CHECK_DATA(ckpt.has_config(), "'", folder.string(), "' has no config.json");
+  const Checkpoint ckpt = detail::open_model_folder(folder);
   MLA_CHECK_DATA(is_mla_config(ckpt.config()), "'", folder.string(),
                  "/config.json' has no kv_lora_rank: not an MLA model");
   return load_mla_layer<Scalar>(ckpt, parse_mla_config(ckpt.config()), layer, options);

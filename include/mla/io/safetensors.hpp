@@ -376,6 +376,16 @@ Matrix<Scalar> read_matrix_from(const Reader& r, const std::string& name, Index 
 }
 
 }  // namespace tensor_io
+
+/// The keys of a std::map (so in sorted order).
+template <class Map>
+std::vector<std::string> keys_of(const Map& m) {
+  std::vector<std::string> out;
+  out.reserve(m.size());
+  for (const auto& kv : m) out.push_back(kv.first);
+  return out;
+}
+
 }  // namespace internal
 
 namespace io {
@@ -432,12 +442,7 @@ class SafetensorsFile {
 
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
   /// Tensor names, sorted.
-  std::vector<std::string> names() const {
-    std::vector<std::string> out;
-    out.reserve(tensors_.size());
-    for (const auto& kv : tensors_) out.push_back(kv.first);
-    return out;
-  }
+  std::vector<std::string> names() const { return internal::keys_of(tensors_); }
   std::size_t size() const { return tensors_.size(); }
   /// Header entry of `name`; throws std::runtime_error naming the tensor and the file if absent.
   const TensorInfo& info(const std::string& name) const {

@@ -20,6 +20,50 @@
 namespace mla {
 namespace reference {
 
+namespace detail {
+
+/// Scratch of attend_row for rows of up to `len` scores and `dv` output values.
+struct RowScratch {
+  RowScratch(Index len, Index dv)
+      : s(static_cast<std::size_t>(len)), acc(static_cast<std::size_t>(dv)) {}
+  std::vector<double> s, acc;
+};
+
+/// One query row over its `visible` cache rows, in double: s_j = scale * score(j), then
+/// out = sum_j softmax(s)_j value(j)[0 .. dv) (value(j): the row's first value, read through
+/// static_cast<double>) and *lse = log sum_j exp(s_j) when lse != null.
+template <class Score, class Value>
+void attend_row(Index visible, double scale, Score score, Value value, Index dv,
+                RowScratch& scratch, float* out, float* lse) {
+  double* s = scratch.s.data();
+  double* acc = scratch.acc.data();
+  double max_s = -std::numeric_limits<double>::infinity();
+  for (Index j = 0; j < visible; ++j) {
+    s[j] = scale * score(j);
+    max_s = std::max(max_s, s[j]);
+  }
+  double sum = 0.0;
+  std::fill(acc, acc + dv, 0.0);
+  for (Index j = 0; j < visible; ++j) {
+    const double p = std::exp(s[j] - max_s);
+    sum += p;
+    const auto* row = value(j);
+    for (Index k = 0; k < dv; ++k) acc[k] += p * static_cast<double>(row[k]);
+  }
+  for (Index k = 0; k < dv; ++k) out[k] = static_cast<float>(acc[k] / sum);
+  if (lse != nullptr) *lse = static_cast<float>(max_s + std::log(sum));
+}
+
+/// sum_k a[k] b[k] over n values, in double.
+template <class A, class B>
+double dot(const A* a, const B* b, Index n) {
+  double d = 0.0;
+  for (Index k = 0; k < n; ++k) d += static_cast<double>(a[k]) * static_cast<double>(b[k]);
+  return d;
+}
+
+}  // namespace detail
+
 /// Absorbed MLA decode attention (DeepSeek-V2/V3 "weight absorption"), reference loops.
 ///
 /// For every query row m (token m / num_heads, head m % num_heads) and visible cache row j:
@@ -35,30 +79,16 @@ void absorbed_attention(const kernels::AbsorbedAttentionShape& shape, const floa
   const Index rows = shape.rows();
   const Index d = shape.kv_lora;
   const Index r = shape.rope;
-  std::vector<double> s(static_cast<std::size_t>(shape.cache_len));
-  std::vector<double> acc(static_cast<std::size_t>(d));
+  detail::RowScratch scratch(shape.cache_len, d);
   for (Index m = 0; m < rows; ++m) {
     const Index token = m / shape.num_heads;
     const Index visible = shape.cache_len - shape.q_len + token + 1;
-    double max_s = -std::numeric_limits<double>::infinity();
-    for (Index j = 0; j < visible; ++j) {
-      const CacheScalar* row = cache + j * shape.row_stride;
-      double dot = 0.0;
-      for (Index k = 0; k < d; ++k) dot += double(q_lat[m * d + k]) * static_cast<double>(row[k]);
-      for (Index k = 0; k < r; ++k) dot += double(q_pe[m * r + k]) * static_cast<double>(row[d + k]);
-      s[j] = double(softmax_scale) * dot;
-      max_s = std::max(max_s, s[j]);
-    }
-    double sum = 0.0;
-    std::fill(acc.begin(), acc.end(), 0.0);
-    for (Index j = 0; j < visible; ++j) {
-      const double p = std::exp(s[j] - max_s);
-      sum += p;
-      const CacheScalar* row = cache + j * shape.row_stride;
-      for (Index k = 0; k < d; ++k) acc[k] += p * static_cast<double>(row[k]);
-    }
-    for (Index k = 0; k < d; ++k) o_lat[m * d + k] = static_cast<float>(acc[k] / sum);
-    if (lse != nullptr) lse[m] = static_cast<float>(max_s + std::log(sum));
+    auto row = [&](Index j) { return cache + j * shape.row_stride; };
+    auto score = [&](Index j) {
+      return detail::dot(q_lat + m * d, row(j), d) + detail::dot(q_pe + m * r, row(j) + d, r);
+    };
+    detail::attend_row(visible, softmax_scale, score, row, d, scratch, o_lat + m * d,
+                       lse == nullptr ? nullptr : lse + m);
   }
 }
 
@@ -77,31 +107,17 @@ void gqa_attention(const kernels::GqaAttentionShape& shape, const float* q, cons
   const Index group = shape.group_size();
   const Index dk = shape.head_dim;
   const Index dv = shape.v_dim;
-  std::vector<double> s(static_cast<std::size_t>(shape.cache_len));
-  std::vector<double> acc(static_cast<std::size_t>(dv));
+  detail::RowScratch scratch(shape.cache_len, dv);
   for (Index token = 0; token < shape.q_len; ++token) {
     const Index visible = shape.cache_len - shape.q_len + token + 1;
     for (Index h = 0; h < shape.num_heads; ++h) {
-      const float* qh = q + (token * shape.num_heads + h) * dk;
+      const Index m = token * shape.num_heads + h;
       const CacheScalar* kh = k + (h / group) * shape.k_head_stride;
       const CacheScalar* vh = v + (h / group) * shape.v_head_stride;
-      double max_s = -std::numeric_limits<double>::infinity();
-      for (Index j = 0; j < visible; ++j) {
-        double dot = 0.0;
-        for (Index i = 0; i < dk; ++i) dot += double(qh[i]) * static_cast<double>(kh[j * dk + i]);
-        s[j] = double(softmax_scale) * dot;
-        max_s = std::max(max_s, s[j]);
-      }
-      double sum = 0.0;
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (Index j = 0; j < visible; ++j) {
-        const double p = std::exp(s[j] - max_s);
-        sum += p;
-        for (Index i = 0; i < dv; ++i) acc[i] += p * static_cast<double>(vh[j * dv + i]);
-      }
-      float* oh = out + (token * shape.num_heads + h) * dv;
-      for (Index i = 0; i < dv; ++i) oh[i] = static_cast<float>(acc[i] / sum);
-      if (lse != nullptr) lse[token * shape.num_heads + h] = static_cast<float>(max_s + std::log(sum));
+      detail::attend_row(
+          visible, softmax_scale, [&](Index j) { return detail::dot(q + m * dk, kh + j * dk, dk); },
+          [&](Index j) { return vh + j * dv; }, dv, scratch, out + m * dv,
+          lse == nullptr ? nullptr : lse + m);
     }
   }
 }

@@ -24,7 +24,7 @@ echo "== ncu"
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 timeout 120 "$NCU" --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
   --section WarpStateStats --section Occupancy --section LaunchStats -k regex:mla_decode_kernel -c 1 \
-  "$B/cuda_decode_bench" --batches 128 --lens 4096 --iters 1 > "$OUT/ncu_b128_l4096.txt" 2>&1
+  "$B/cuda_decode_bench" --batches 128 --lens 4096 --iters 1 --kernel wgmma > "$OUT/ncu_b128_l4096.txt" 2>&1
 echo "ncu rc=$? at $(el)"; grep -E "Compute \(SM\) Throughput|Memory Throughput|Duration|Registers|Achieved Occupancy|Shared Memory|Stall|Issue Slots|Pipe" "$OUT/ncu_b128_l4096.txt" | head -30
 echo "== peers"
 timeout 240 python3 scripts/gpu/mla_decode_peers_ours.py --peers "$PEERS" --lib "$B/libmla_cuda_peer.so" \

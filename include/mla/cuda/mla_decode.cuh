@@ -76,6 +76,7 @@ int decode_stages(LatentFormat format, int device) {
     if (DecodeSmem<LatentFormat::kBf16, 3, kHopper>::kBytes <= optin) return 3;
     return DecodeSmem<LatentFormat::kBf16, 2, kHopper>::kBytes <= optin ? 2 : 0;
   }
+  if (DecodeSmem<LatentFormat::kFp8, 3, kHopper>::kBytes <= optin) return 3;
   return DecodeSmem<LatentFormat::kFp8, 2, kHopper>::kBytes <= optin ? 2 : 0;
 }
 
@@ -91,8 +92,12 @@ void launch_form(const DecodeParams& p, const DecodePlan& plan, LatentFormat for
                                          : DecodeSmem<LatentFormat::kFp8, 2, kHopper>::kBytes);
     throw std::invalid_argument(os.str());
   }
-  if (format == LatentFormat::kFp8)
-    launch_decode<LatentFormat::kFp8, 2, kHopper>(p, plan, stream);
+  if (format == LatentFormat::kFp8) {
+    if (stages == 3)
+      launch_decode<LatentFormat::kFp8, 3, kHopper>(p, plan, stream);
+    else
+      launch_decode<LatentFormat::kFp8, 2, kHopper>(p, plan, stream);
+  }
   else if (stages == 3)
     launch_decode<LatentFormat::kBf16, 3, kHopper>(p, plan, stream);
   else

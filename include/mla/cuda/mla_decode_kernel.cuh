@@ -26,9 +26,10 @@
 // - wgmma (kHopper true, sm_90a): each warpgroup issues m64n32k16 (S, Q and K from shared memory)
 //   and m64n256k16 (O, P from registers, V read transposed from the same K tile) on 128-byte
 //   swizzled tiles (mla/cuda/wgmma.cuh), so Q and K are read once per warpgroup, not per warp.
-// FP8 rows (656 B) are copied raw (codes and scales into a staging buffer, the bf16 k_pe straight
-// into the tile) and dequantised to bf16 in shared memory before the multiplies: c = e4m3(code) *
-// scale, rounded to bf16, so the FP8 path runs the same tensor-core code as bf16.
+// FP8 rows (656 B) are copied raw into kStages staging buffers and dequantised to bf16 in shared
+// memory, c = e4m3(code) * scale rounded to bf16 (k_pe copied), so the FP8 path runs the same
+// tensor-core code as bf16; tile it + 1 is dequantised at the end of iteration it, while the
+// wgmma form's O multiply of tile it still runs.
 //
 // A piece that covers its whole sequence writes O / l as bf16 and lse = ln(sum exp(S)) directly;
 // otherwise it writes O / l (float) and its lse to the workspace and the combine kernel merges
@@ -36,7 +37,10 @@
 //
 // Unlike the CPU engine, a NaN or Inf in a new token's cache row reaches the earlier new tokens'
 // outputs too (their masked probability 0 times NaN in the V multiply).
-// TODO(perf): overlap the next tile's S with this tile's O (wgmma is asynchronous), TMA loads.
+// The wgmma form leaves each tile's O multiply running while the warps go on to the next tile's
+// barrier and S, and waits for both together.
+// TODO(perf): S with one warpgroup at n = 64 (its shared-memory reads limit m64n32k16), softmax
+// overlapped with the other warpgroup's multiplies, TMA loads.
 #pragma once
 
 #include <cstdint>
@@ -75,14 +79,17 @@ struct DecodeSmem {
   static constexpr int kTileN = 32;  ///< cache rows per iteration
   /// bf16 per row: padded by 16 B (mma.sync), unpadded in 128-byte-swizzled column blocks (wgmma)
   static constexpr int kPitch = kHopper ? MlaDims::kLatent : MlaDims::kLatent + 8;
-  static constexpr int kRawPitch = MlaDims::kKvLora + 4 * MlaDims::kFp8Scales;  ///< 528 B
+  static constexpr int kRawPitch = MlaDims::kFp8RowBytes;  ///< 656 B: a whole FP8 row
+  /// bf16 tiles: one per pipeline stage (bf16 rows are copied straight into them); FP8 rows go
+  /// through kStages raw stages and only two bf16 tiles (the one multiplied, the next dequantised)
+  static constexpr int kTiles = F == LatentFormat::kFp8 ? 2 : kStages;
   static constexpr int kQBytes = kRowTile * kPitch * 2;
   static constexpr int kTileBytes = kTileN * kPitch * 2;
   static constexpr int kExchangeBytes = 8 * 16 * kTileN * 4;
   static constexpr int kRawBytes = F == LatentFormat::kFp8 ? kTileN * kRawPitch : 0;
   static constexpr int kAlign = kHopper ? 1024 : 16;  ///< swizzle atoms are 1024-aligned
   static constexpr int kBytes =
-      kQBytes + kStages * (kTileBytes + kRawBytes) + kExchangeBytes + kAlign;
+      kQBytes + kTiles * kTileBytes + kStages * kRawBytes + kExchangeBytes + kAlign;
   static_assert(kStages >= 2, "the pipeline needs at least two stages");
   static_assert(kRawPitch % 16 == 0 && MlaDims::kFp8RowBytes % 16 == 0,
                 "FP8 rows must be copied in 16-byte pieces");
@@ -118,21 +125,18 @@ __device__ __forceinline__ void load_cache_tile(const PagedLatentView& cache,
                   valid);
     }
   } else {
-    constexpr int kRawChunks = L::kRawPitch / 16;  // 33: codes and scales
-    constexpr int kChunks = kRowBytes / 16;        // 41: + 8 of bf16 k_pe
+    (void)tile;
+    constexpr int kChunks = kRowBytes / 16;  // 41: codes, scales, bf16 k_pe
     for (int c = threadIdx.x; c < L::kTileN * kChunks; c += L::kThreads) {
       const int r = c / kChunks, k = c % kChunks;
       const bool valid = jt + r < len;
-      const std::uint8_t* src = base + (valid ? r : 0) * kRowBytes + k * 16;
-      std::uint8_t* dst = k < kRawChunks
-                              ? raw + r * L::kRawPitch + k * 16
-                              : tile + L::chunk(r, MlaDims::kKvLora / 8 + (k - kRawChunks), L::kTileN);
-      cp_async_16(dst, src, valid);
+      cp_async_16(raw + r * L::kRawPitch + k * 16, base + (valid ? r : 0) * kRowBytes + k * 16,
+                  valid);
     }
   }
 }
 
-/// Dequantises a staged FP8 tile's c_kv into the bf16 tile: c = e4m3(code) * scale[i / 128].
+/// Dequantises a staged FP8 tile into the bf16 tile: c = e4m3(code) * scale[i / 128]; k_pe copied.
 template <int kStages, bool kHopper>
 __device__ __forceinline__ void dequantize_fp8_tile(const std::uint8_t* raw, std::uint8_t* tile) {
   using L = DecodeSmem<LatentFormat::kFp8, kStages, kHopper>;
@@ -155,6 +159,13 @@ __device__ __forceinline__ void dequantize_fp8_tile(const std::uint8_t* raw, std
     *reinterpret_cast<uint4*>(tile + L::chunk(r, c8, L::kTileN)) =
         make_uint4(packed[0], packed[1], packed[2], packed[3]);
   }
+  constexpr int kRopeChunks = 2 * MlaDims::kRope / 16;  // 8
+  constexpr int kRopeOffset = MlaDims::kKvLora + 4 * MlaDims::kFp8Scales;
+  for (int c = threadIdx.x; c < L::kTileN * kRopeChunks; c += L::kThreads) {
+    const int r = c / kRopeChunks, k = c % kRopeChunks;
+    *reinterpret_cast<uint4*>(tile + L::chunk(r, MlaDims::kKvLora / 8 + k, L::kTileN)) =
+        *reinterpret_cast<const uint4*>(raw + r * L::kRawPitch + kRopeOffset + k * 16);
+  }
 }
 
 /// The split-KV decode kernel (see the header comment). Grid (num_parts, row_tiles), 256 threads.
@@ -167,8 +178,9 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
   std::uint8_t* smem = smem_raw + ((L::kAlign - smem_addr(smem_raw) % L::kAlign) % L::kAlign);
   std::uint8_t* sq = smem;
   std::uint8_t* stiles = smem + L::kQBytes;
-  float4* sx = reinterpret_cast<float4*>(smem + L::kQBytes + kStages * L::kTileBytes);
-  std::uint8_t* sraw = smem + L::kQBytes + kStages * L::kTileBytes + L::kExchangeBytes;
+  constexpr bool kFp8 = F == LatentFormat::kFp8;
+  float4* sx = reinterpret_cast<float4*>(smem + L::kQBytes + L::kTiles * L::kTileBytes);
+  std::uint8_t* sraw = smem + L::kQBytes + L::kTiles * L::kTileBytes + L::kExchangeBytes;
 
   const PartRange range = p.parts[blockIdx.x];
   const int tile_row0 = blockIdx.y * kRowTile;
@@ -208,6 +220,11 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
                                              stiles + st * L::kTileBytes, sraw + st * L::kRawBytes);
       cp_async_commit();
     }
+    if constexpr (kFp8) {  // tile 0 dequantised up front; tile it + 1 at the end of iteration it
+      cp_async_wait<kStages - 2>();
+      __syncthreads();
+      dequantize_fp8_tile<kStages, kHopper>(sraw, stiles);
+    }
 
     // This thread's two rows (g and g + 8 of the warp's 16) and the last cache row each sees.
     int limit[2];
@@ -224,23 +241,10 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
     float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};
 
     for (int it = 0; it < n_iter; ++it) {
-      cp_async_wait<kStages - 2>();
-      if constexpr (kHopper) fence_proxy_async_shared();
+      if constexpr (!kFp8) cp_async_wait<kStages - 2>();
+      if constexpr (kHopper) fence_proxy_async_shared();  // cp.async / dequantised tile -> wgmma
       __syncthreads();
-      {
-        const int nx = it + kStages - 1;
-        if (nx < n_iter)
-          load_cache_tile<F, kStages, kHopper>(p.cache, table, j_begin + nx * L::kTileN, seq.len,
-                                               stiles + (nx % kStages) * L::kTileBytes,
-                                               sraw + (nx % kStages) * L::kRawBytes);
-        cp_async_commit();
-      }
-      std::uint8_t* kt = stiles + (it % kStages) * L::kTileBytes;
-      if constexpr (F == LatentFormat::kFp8) {
-        dequantize_fp8_tile<kStages, kHopper>(sraw + (it % kStages) * L::kRawBytes, kt);
-        if constexpr (kHopper) fence_proxy_async_shared();
-        __syncthreads();
-      }
+      std::uint8_t* kt = stiles + (it % L::kTiles) * L::kTileBytes;
 
       // S partial over latent dims [288 half, + 288): [16 rows, 32 cols] as 4 n8 tiles.
       float sc[4][4];
@@ -248,7 +252,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
       for (int n = 0; n < 4; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
       if constexpr (kHopper) {
         // Warpgroup `half`: 18 m64n32k16 steps over dims 288 half .. (step k: column block k / 4,
-        // +32 B per step inside it).
+        // +32 B per step inside it). The wait also completes the previous tile's O multiply.
         float(&d)[16] = reinterpret_cast<float(&)[16]>(sc);
         const std::uint32_t q_base = smem_addr(sq), k_base = smem_addr(kt);
         wgmma_fence();
@@ -295,6 +299,16 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
         sc[n][2] += v.z;
         sc[n][3] += v.w;
       }
+      // Every thread is past the barrier above, so every warp has finished reading tile it - 1
+      // (the wgmma form: its O multiply, waited for with S): its stage takes tile it + kStages - 1.
+      {
+        const int nx = it + kStages - 1;
+        if (nx < n_iter)
+          load_cache_tile<F, kStages, kHopper>(p.cache, table, j_begin + nx * L::kTileN, seq.len,
+                                               stiles + (nx % L::kTiles) * L::kTileBytes,
+                                               sraw + (nx % kStages) * L::kRawBytes);
+        cp_async_commit();
+      }
 
       // Online softmax in base 2: s2 = scale log2(e) S, p = 2^(s2 - m).
       const int j0 = j_begin + it * L::kTileN;
@@ -337,12 +351,14 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
         pa[kk][2] = pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
         pa[kk][3] = pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
       }
+      if (alpha[0] != 1.0f || alpha[1] != 1.0f) {  // once the row maxima settle, rarely taken
 #pragma unroll
-      for (int n = 0; n < 32; ++n) {
-        o[n][0] *= alpha[0];
-        o[n][1] *= alpha[0];
-        o[n][2] *= alpha[1];
-        o[n][3] *= alpha[1];
+        for (int n = 0; n < 32; ++n) {
+          o[n][0] *= alpha[0];
+          o[n][1] *= alpha[0];
+          o[n][2] *= alpha[1];
+          o[n][3] *= alpha[1];
+        }
       }
       // O[16, 256 half .. + 256] += P [16, 32] V [32, 256].
       if constexpr (kHopper) {
@@ -355,8 +371,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
         for (int kk = 0; kk < 2; ++kk)
           wgmma_m64n256k16_rs_tnsp_b(
               d, pa[kk], wgmma_desc_sw128(v_base + kk * 16 * 128, L::kTileN * 128, 1024));
-        wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_commit();  // waited for with the next tile's S, so it overlaps the next barrier
       } else {
         const __nv_bfloat16* vb = reinterpret_cast<const __nv_bfloat16*>(kt) +
                                   ((lane % 8) + ((lane / 8) % 2) * 8) * kPitch + half * 256 +
@@ -372,7 +387,18 @@ __global__ void __launch_bounds__(256, 1) mla_decode_kernel(const DecodeParams p
           }
         }
       }
+      if constexpr (kFp8) {
+        // Dequantise the next tile (the wgmma form: while this tile's O multiply runs) into the
+        // bf16 tile that tile it - 1 used: every warp finished it before the exchange barrier.
+        if (it + 1 < n_iter) {
+          cp_async_wait<kStages - 2>();
+          __syncthreads();  // the raw rows other threads copied
+          dequantize_fp8_tile<kStages, kHopper>(sraw + ((it + 1) % kStages) * L::kRawBytes,
+                                                stiles + ((it + 1) % L::kTiles) * L::kTileBytes);
+        }
+      }
     }
+    if constexpr (kHopper) wgmma_wait<0>();
     cp_async_wait<0>();
     __syncthreads();  // the next piece reuses the query and tile buffers
 

@@ -1,5 +1,5 @@
 // One API over every latent cache: MultiHeadLatentAttention::forward over a PagedLatentCache (with
-// scattered blocks) and an FP8 cache (contiguous and paged) for prefill, decode, multi-token
+// scattered blocks) and the 8-bit caches, FP8 and int8 (contiguous and paged), for prefill, decode, multi-token
 // decode and chunked prefill, on both paths and for float and double layers, against the same
 // calls over a LatentCache; mla_decode_batch in double against forward per sequence; the cache
 // factories on the layer; the ways to pass the caches of a batch.
@@ -103,25 +103,35 @@ void check_float_layer(const MlaConfig& cfg, Index block, unsigned seed) {
       ScatteredPagedCache<bfloat16, float> paged(layer, block);
       check(run(layer, x, paged.cache, path), run(layer, x, contiguous, path), "bf16 paged");
     }
+    // The 8-bit caches: paged equals contiguous, and both are the float rows to within their
+    // rounding (E4M3: 3 mantissa bits; int8: half a step of amax / 127 per row).
+    auto check_8bit = [&](auto tag, Matrix<float> contiguous_out, double vs_float,
+                          const std::string& name) {
+      using T = decltype(tag);
+      ScatteredPagedCache<T, float> paged(layer, block);
+      check(run(layer, x, paged.cache, path), contiguous_out, name + " paged");
+      auto f32 = layer.make_latent_cache(kTokens);
+      EXPECT_LE(rel_max_err(contiguous_out, run(layer, x, f32, path)), vs_float)
+          << name << " vs float, " << what;
+      EXPECT_TRUE(contiguous_out.allFinite()) << what;
+    };
     {
       auto contiguous = layer.make_fp8_latent_cache(kTokens);
-      ScatteredPagedCache<Fp8Latent, float> paged(layer, block);
-      const Matrix<float> y8 = run(layer, x, contiguous, path);
-      check(run(layer, x, paged.cache, path), y8, "fp8 paged");
-      // And the FP8 rows are the float rows to within the E4M3 rounding (3 mantissa bits).
-      auto f32 = layer.make_latent_cache(kTokens);
-      EXPECT_LE(rel_max_err(y8, run(layer, x, f32, path)), 0.1) << "fp8 vs float, " << what;
-      EXPECT_TRUE(y8.allFinite()) << what;
+      check_8bit(Fp8Latent{}, run(layer, x, contiguous, path), 0.1, "fp8");
+    }
+    {
+      auto contiguous = layer.make_int8_latent_cache(kTokens);
+      check_8bit(Int8Latent{}, run(layer, x, contiguous, path), 1e-2, "int8");
     }
   }
 }
 
-TEST(MlaCaches, FloatLayerPagedAndFp8EqualContiguousSmallDims) { check_float_layer(small_config(), 4, 3); }
-TEST(MlaCaches, FloatLayerPagedAndFp8EqualContiguousV3Dims) { check_float_layer(v3_dims(), 5, 4); }
+TEST(MlaCaches, FloatLayerPaged8BitEqualContiguousSmallDims) { check_float_layer(small_config(), 4, 3); }
+TEST(MlaCaches, FloatLayerPaged8BitEqualContiguousV3Dims) { check_float_layer(v3_dims(), 5, 4); }
 
 /// Double layer: paged double caches equal LatentCache<double> bit for bit on both paths; an FP8
 /// cache gives the double layer the same dequantised rows the float layer attends over.
-TEST(MlaCaches, DoubleLayerOverPagedAndFp8Caches) {
+TEST(MlaCaches, DoubleLayerOverPagedAnd8BitCaches) {
   const MlaConfig cfg = small_config();
   const auto ld = make_layer<double>(cfg, 5);
   Rng rng(6);
@@ -134,10 +144,14 @@ TEST(MlaCaches, DoubleLayerOverPagedAndFp8Caches) {
     // FP8 in double: same function as LatentCache<double>, up to the quantisation of the rows.
     auto fp8 = ld.make_fp8_latent_cache(kTokens);
     EXPECT_LE(rel_max_err(run(ld, x, fp8, path), want), 0.1) << to_string(path);
+    auto int8 = ld.make_int8_latent_cache(kTokens);
+    EXPECT_LE(rel_max_err(run(ld, x, int8, path), want), 1e-2) << to_string(path);
   }
-  // Both paths over the FP8 cache agree in double (the same dequantised rows).
+  // Both paths over an 8-bit cache agree in double (the same dequantised rows).
   auto a = ld.make_fp8_latent_cache(kTokens), b = ld.make_fp8_latent_cache(kTokens);
   EXPECT_LE(rel_max_err(run(ld, x, a, MlaPath::kAbsorbed), run(ld, x, b, MlaPath::kNaive)), 1e-12);
+  auto c = ld.make_int8_latent_cache(kTokens), d = ld.make_int8_latent_cache(kTokens);
+  EXPECT_LE(rel_max_err(run(ld, x, c, MlaPath::kAbsorbed), run(ld, x, d, MlaPath::kNaive)), 1e-12);
 }
 
 /// mla_decode_batch in double: sequences with different histories and new-token counts equal

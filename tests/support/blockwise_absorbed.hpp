@@ -125,7 +125,8 @@ void paged_absorbed_attention_blockwise(Index q_len, Index num_heads, const floa
     const Index b_begin = blocks * task / threads, b_end = blocks * (task + 1) / threads;
     for (Index blk = b_begin; blk < b_end; ++blk) {
       const Index r0 = blk * bs, r1 = std::min(L, r0 + bs), n = r1 - r0;
-      if constexpr (std::is_same_v<T, Fp8Latent>)
+      constexpr bool kQuantized = std::is_same_v<T, Fp8Latent> || std::is_same_v<T, Int8Latent>;
+      if constexpr (kQuantized)
         LatentRowCodec<T>::decode(cache.row(r0), cache.row_stride, n, R, P, own.tile, R + P);
       // Token t sees rows r0 .. min(r1, L - q_len + t + 1) - 1 of this block.
       const Index t_full = std::max<Index>(0, r1 - (L - q_len + 1));  // first to see all n rows
@@ -139,7 +140,7 @@ void paged_absorbed_attention_blockwise(Index q_len, Index num_heads, const floa
         sh.rope = P;
         sh.cache_len = len;
         const Index m0 = first_token * H;
-        if constexpr (std::is_same_v<T, Fp8Latent>) {
+        if constexpr (kQuantized) {
           sh.row_stride = R + P;
           kernels::absorbed_attention(sh, q_lat + m0 * R, q_pe + m0 * P, static_cast<const float*>(own.tile),
                              softmax_scale, own.o_b + m0 * R, own.lse_b + m0, kws, nullptr);

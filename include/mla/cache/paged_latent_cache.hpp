@@ -3,14 +3,15 @@
 // blocks that hold its tokens in order,
 //
 //   token t of a sequence = row (t % block_size) of block block_table[t / block_size],
-//   row = [c_kv (kv_lora_rank) | k_pe (qk_rope_head_dim)]  (float or bf16; Fp8Latent: 656 B)
+//   row = [c_kv (kv_lora_rank) | k_pe (qk_rope_head_dim)]
+//   (float or bf16 values; V3 rows of Fp8Latent are 656 bytes, of Int8Latent 648)
 //
 // so sequences grow a block at a time without reserving their maximum length up front, and
 // freed blocks serve other sequences. The default block is 64 tokens, the size FlashMLA
 // requires; any size >= 1 works.
 //
 // Also here: latent_rows(cache), the decode engine's view of a cache's rows
-// (mla/kernels/latent_rows.hpp), for a paged cache, a contiguous LatentCache or an Fp8LatentCache
+// (mla/kernels/latent_rows.hpp), for a paged cache, a contiguous LatentCache or an 8-bit cache
 // alike (a contiguous cache is a single block).
 //
 // Ownership: LatentBlockPool owns the memory; a PagedLatentCache borrows blocks from one pool and
@@ -39,7 +40,7 @@
 namespace mla {
 
 namespace internal {
-/// The rows of a contiguous cache (LatentCache or Fp8LatentCache) as a view: a single block.
+/// The rows of a contiguous cache (LatentCache or an 8-bit cache) as a view: a single block.
 template <class Cache>
 LatentRowsView<typename Cache::Element> contiguous_rows(const Cache& cache) {
   LatentRowsView<typename Cache::Element> v;
@@ -58,8 +59,9 @@ LatentRowsView<T> latent_rows(const LatentCache<T>& cache) {
   return internal::contiguous_rows(cache);
 }
 
-/// The rows of a contiguous Fp8LatentCache as a view.
-inline LatentRowsView<Fp8Latent> latent_rows(const Fp8LatentCache& cache) {
+/// The rows of a contiguous 8-bit cache (Fp8LatentCache, Int8LatentCache) as a view.
+template <class T>
+LatentRowsView<T> latent_rows(const QuantizedLatentCache<T>& cache) {
   return internal::contiguous_rows(cache);
 }
 
@@ -254,7 +256,7 @@ class PagedLatentCache {
   }
 
   /// Appends `n` rows; `src` is [n, row_dim()] with `src_stride` elements between rows, laid out
-  /// as [c_kv | k_pe] (converted, or quantised for Fp8Latent). Needs room (check_room()).
+  /// as [c_kv | k_pe] (converted, or quantised for Fp8Latent and Int8Latent). Needs room (check_room()).
   template <class Src>
   void append(const Src* src, Index src_stride, Index n) {
     check_room(n);
@@ -324,14 +326,15 @@ LatentRowsView<T> latent_rows(const PagedLatentCache<T>& cache) {
   return cache.rows();
 }
 
-/// True for the latent caches (LatentCache<T>, Fp8LatentCache, PagedLatentCache<T>): the types
+/// True for the latent caches (LatentCache<T>, Fp8LatentCache, Int8LatentCache,
+/// PagedLatentCache<T>): the types
 /// an MLA layer's forward() appends to and latent_rows() views.
 template <class Cache>
 inline constexpr bool kIsLatentCache = false;
 template <class T>
 inline constexpr bool kIsLatentCache<LatentCache<T>> = true;
-template <>
-inline constexpr bool kIsLatentCache<Fp8LatentCache> = true;
+template <class T>
+inline constexpr bool kIsLatentCache<QuantizedLatentCache<T>> = true;
 template <class T>
 inline constexpr bool kIsLatentCache<PagedLatentCache<T>> = true;
 

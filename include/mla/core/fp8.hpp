@@ -14,6 +14,8 @@
 #include <cstring>
 #include <limits>
 
+#include "mla/core/bf16.hpp"
+
 namespace mla {
 namespace internal {
 inline float float_from_bits(std::uint32_t bits) {
@@ -37,10 +39,8 @@ inline float float16_bits_to_float(std::uint16_t h) {
   return internal::float_from_bits(sign | ((exp + 112u) << 23) | (man << 13));  // 112 = 127 - 15
 }
 
-/// bfloat16 bits -> float (exact): bfloat16 is the top half of a float32.
-inline float bfloat16_bits_to_float(std::uint16_t b) {
-  return internal::float_from_bits(static_cast<std::uint32_t>(b) << 16);
-}
+/// bfloat16 bits -> float (exact): bfloat16 is the top half of a float32 (core/bf16.hpp).
+inline float bfloat16_bits_to_float(std::uint16_t b) { return internal::bf16_bits_to_float(b); }
 
 /// FP8 E4M3FN (OCP "float8_e4m3fn", torch.float8_e4m3fn, safetensors F8_E4M3) -> float.
 /// 1 sign, 4 exponent (bias 7), 3 mantissa bits. No infinities: 0x7F and 0xFF are NaN, every other

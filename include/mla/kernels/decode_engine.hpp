@@ -544,14 +544,11 @@ const float* tile_rows(const typename LatentRowCodec<T>::Unit* src, Index src_st
                               round_up(kv_lora + rope, 8), stride);
   } else {
     stride = round_up(kv_lora + rope, 8);
-    const Fp8LatentLayout layout{kv_lora, rope};
+    bool simd = false;  // the AVX2 dequantisation on the AVX2, AVX-512 and AMX paths
 #if MLA_X86_SIMD
-    if constexpr (std::is_base_of_v<MlaAvx2Ops, Ops>) {  // the AVX2, AVX-512 and AMX paths
-      fp8_latent_dequantize_rows_avx2(src, src_stride, tn, layout, wide, stride);
-      return wide;
-    }
+    simd = std::is_base_of_v<MlaAvx2Ops, Ops>;
 #endif
-    fp8_latent_dequantize_rows_portable(src, src_stride, tn, layout, wide, stride);
+    LatentRowCodec<T>::decode_float_rows(simd, src, src_stride, tn, kv_lora, rope, wide, stride);
     return wide;
   }
 }
@@ -826,7 +823,8 @@ namespace kernels {
 ///   s_j = softmax_scale (q_lat[m] . c_j + q_pe[m] . k_pe_j),
 ///   o_lat[m] = sum_j softmax(s)_j c_j,   lse[m] = log sum_j exp(s_j)  (if lse is not null).
 /// `seqs` must have the shapes `plan` was made for (q_len, cache.len, widths); `pool` at most the
-/// plan's threads (null: the calling thread). Element type T: float, bfloat16 or Fp8Latent.
+/// plan's threads (null: the calling thread). Element type T: float, bfloat16, Fp8Latent or
+/// Int8Latent.
 /// Allocates nothing once `ws` holds plan.workspace_floats() (it grows otherwise).
 /// `path` = KernelPath::kAmx runs contiguous bf16 rows on the AMX tiles, rounding the query and
 /// the softmax weights to bf16 (see amx_attention.hpp); other rows run the AVX-512 tiles then.

@@ -33,6 +33,7 @@
 #include "mla/core/isa.hpp"
 #include "mla/core/macros.hpp"
 #include "mla/core/types.hpp"
+#include "mla/simd/avx2.hpp"
 
 #if MLA_X86_64
 #include <immintrin.h>
@@ -148,7 +149,7 @@ inline void fp8_latent_dequantize_rows_avx2(const std::uint8_t* src, Index src_s
                                             const Fp8LatentLayout& layout, float* dst,
                                             Index dst_stride) {
   const std::array<float, 256>& table = fp8_table(Fp8Format::kE4M3);
-  const Index R = layout.kv_lora_rank, P = layout.rope_dim, P8 = P & ~Index(7);
+  const Index R = layout.kv_lora_rank, P = layout.rope_dim;
   for (Index r = 0; r < rows; ++r) {
     const std::uint8_t* row = src + r * src_stride;
     float* out = dst + r * dst_stride;
@@ -162,18 +163,7 @@ inline void fp8_latent_dequantize_rows_avx2(const std::uint8_t* src, Index src_s
         _mm256_storeu_ps(out + i, _mm256_mul_ps(fp8_e4m3_decode8_avx2(row + i), vs));
       for (; i < end; ++i) out[i] = table[row[i]] * scale;
     }
-    const std::uint8_t* rope = row + layout.rope_offset();
-    Index i = 0;
-    for (; i < P8; i += 8) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rope + 2 * i));
-      _mm256_storeu_ps(out + R + i,
-                       _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-    }
-    for (; i < P; ++i) {
-      std::uint16_t b;
-      std::memcpy(&b, rope + 2 * i, sizeof b);
-      out[R + i] = bfloat16_bits_to_float(b);
-    }
+    widen_bf16_bytes_avx2(row + layout.rope_offset(), P, out + R);
   }
 }
 }  // namespace internal
@@ -197,6 +187,28 @@ inline void fp8_latent_dequantize_rows(const std::uint8_t* src, Index src_stride
 #endif
   internal::fp8_latent_dequantize_rows_portable(src, src_stride, rows, layout, dst, dst_stride);
 }
+
+namespace internal {
+/// The FP8 row format for the row codec (latent_rows.hpp).
+struct Fp8LatentFormat {
+  using Layout = Fp8LatentLayout;
+  template <class Src>
+  static void quantize_row(const Src* src, const Layout& layout, std::uint8_t* dst) {
+    fp8_latent_quantize_row(src, layout, dst);
+  }
+  template <class Dst>
+  static void dequantize_portable(const std::uint8_t* src, Index src_stride, Index rows,
+                                  const Layout& layout, Dst* dst, Index dst_stride) {
+    fp8_latent_dequantize_rows_portable(src, src_stride, rows, layout, dst, dst_stride);
+  }
+#if MLA_X86_SIMD
+  static void dequantize_avx2(const std::uint8_t* src, Index src_stride, Index rows,
+                              const Layout& layout, float* dst, Index dst_stride) {
+    fp8_latent_dequantize_rows_avx2(src, src_stride, rows, layout, dst, dst_stride);
+  }
+#endif
+};
+}  // namespace internal
 
 /// Tag type naming the FP8 latent row format as a cache element type, e.g.
 /// PagedLatentCache<Fp8Latent> or a LatentRowsView<Fp8Latent> (latent_rows.hpp).

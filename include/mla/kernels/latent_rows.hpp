@@ -1,8 +1,8 @@
 // Where a sequence's latent rows are, as the decode engine reads them (kernels/decode_engine.hpp):
 // LatentRowsView describes rows stored contiguously or through a block table (a contiguous cache
 // is a single block), and LatentRowCodec says how each element type stores a row [c_kv | k_pe]
-// and widens it back to float (float, bfloat16, double: a cast per value; Fp8Latent: the FP8 row
-// format of fp8_latent_rows.hpp). The caches in mla/cache/ hand out views of their rows through
+// and widens it back to float (float, bfloat16, double: a cast per value; Fp8Latent and
+// Int8Latent: the 8-bit row formats of fp8_latent_rows.hpp and int8_latent_rows.hpp). The caches in mla/cache/ hand out views of their rows through
 // latent_rows(cache).
 #pragma once
 
@@ -15,7 +15,9 @@
 #include "mla/core/bf16.hpp"
 #include "mla/core/check.hpp"
 #include "mla/core/types.hpp"
+#include "mla/core/isa.hpp"
 #include "mla/kernels/fp8_latent_rows.hpp"
+#include "mla/kernels/int8_latent_rows.hpp"
 
 namespace mla {
 /// Tokens per block unless told otherwise (FlashMLA's page size).
@@ -32,14 +34,14 @@ inline std::ostream& operator<<(std::ostream& os, SequenceTag t) {
 }
 }  // namespace internal
 
-/// How one latent row of element type T (float, mla::bfloat16 or Fp8Latent) is stored: `Unit` is
+/// How one latent row of element type T (float, mla::bfloat16, Fp8Latent or Int8Latent) is stored: `Unit` is
 /// the storage element, row_units() the units per row, encode() writes a row from values
 /// [c_kv | k_pe], decode() widens rows to float or double [c_kv | k_pe].
 template <class T>
 struct LatentRowCodec {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16> ||
                     std::is_same_v<T, double>,
-                "latent cache elements are float, double, mla::bfloat16 or mla::Fp8Latent");
+                "latent cache elements are float, double, mla::bfloat16, mla::Fp8Latent or mla::Int8Latent");
   using Unit = T;
   /// Throws std::invalid_argument if the row width overflows (widths from a caller's view).
   static Index row_units(Index kv_lora_rank, Index rope_dim) {
@@ -59,28 +61,52 @@ struct LatentRowCodec {
   }
 };
 
-template <>
-struct LatentRowCodec<Fp8Latent> {
+namespace internal {
+/// The codec of an 8-bit row format F (Fp8LatentFormat, Int8LatentFormat): rows of F::Layout
+/// bytes, written by F::quantize_row, read back by F::dequantize_portable or, where the CPU has
+/// AVX2, F::dequantize_avx2 (the same floats).
+template <class F>
+struct QuantizedRowCodec {
   using Unit = std::uint8_t;
+  using Layout = typename F::Layout;
   static Index row_units(Index kv_lora_rank, Index rope_dim) {
-    const Fp8LatentLayout layout{kv_lora_rank, rope_dim};
+    const Layout layout{kv_lora_rank, rope_dim};
     layout.validate();  // the byte count fits in int64
     return layout.bytes_per_token();
   }
   template <class Src>
   static void encode(const Src* src, Index kv_lora_rank, Index rope_dim, Unit* dst) {
-    fp8_latent_quantize_row(src, Fp8LatentLayout{kv_lora_rank, rope_dim}, dst);
+    F::quantize_row(src, Layout{kv_lora_rank, rope_dim}, dst);
   }
+  /// Rows as float or double; float rows through the AVX2 form where kernels::auto_path() allows.
   template <class Dst>
   static void decode(const Unit* src, Index src_stride, Index rows, Index kv_lora_rank,
                      Index rope_dim, Dst* dst, Index dst_stride) {
-    const Fp8LatentLayout layout{kv_lora_rank, rope_dim};
+    bool simd = false;
     if constexpr (std::is_same_v<Dst, float>)
-      fp8_latent_dequantize_rows(src, src_stride, rows, layout, dst, dst_stride);
-    else
-      internal::fp8_latent_dequantize_rows_portable(src, src_stride, rows, layout, dst, dst_stride);
+      simd = kernels::auto_path() != kernels::KernelPath::kPortable;
+    decode_float_rows(simd, src, src_stride, rows, kv_lora_rank, rope_dim, dst, dst_stride);
+  }
+  /// Rows as Dst; `simd` (float rows only): the AVX2 form, on a path that has AVX2.
+  template <class Dst>
+  static void decode_float_rows(bool simd, const Unit* src, Index src_stride, Index rows,
+                                Index kv_lora_rank, Index rope_dim, Dst* dst, Index dst_stride) {
+    const Layout layout{kv_lora_rank, rope_dim};
+#if MLA_X86_SIMD
+    if constexpr (std::is_same_v<Dst, float>) {
+      if (simd) return F::dequantize_avx2(src, src_stride, rows, layout, dst, dst_stride);
+    }
+#endif
+    (void)simd;
+    F::dequantize_portable(src, src_stride, rows, layout, dst, dst_stride);
   }
 };
+}  // namespace internal
+
+template <>
+struct LatentRowCodec<Fp8Latent> : internal::QuantizedRowCodec<internal::Fp8LatentFormat> {};
+template <>
+struct LatentRowCodec<Int8Latent> : internal::QuantizedRowCodec<internal::Int8LatentFormat> {};
 
 /// Where the `len` latent rows of one sequence are: row j lives at
 ///   base + block_table[j / block_size] * block_stride + (j % block_size) * row_stride

@@ -168,11 +168,12 @@ void absorbed_attention_generic(const Scalar* q_lat, const Scalar* q_pe, Index n
 }
 
 /// Whether the fast kernels serve this compute/cache type pair (the GQA kernel: float and bf16
-/// caches; the MLA decode engine also FP8 latent rows).
+/// caches; the MLA decode engine also the 8-bit latent rows).
 template <class Scalar, class T>
 inline constexpr bool kHasFastKernel =
-    std::is_same_v<Scalar, float> && (std::is_same_v<T, float> || std::is_same_v<T, bfloat16> ||
-                                      std::is_same_v<T, Fp8Latent>);
+    std::is_same_v<Scalar, float> &&
+    (std::is_same_v<T, float> || std::is_same_v<T, bfloat16> || std::is_same_v<T, Fp8Latent> ||
+     std::is_same_v<T, Int8Latent>);
 
 /// New tokens per GQA fast-kernel call: K/V are streamed once per call for all its tokens
 /// (speculative decoding), and the kernel's split buffers, which scale with q_len x heads, stay

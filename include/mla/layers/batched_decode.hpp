@@ -1,6 +1,6 @@
 // Batched decode through an MLA layer: B sequences, each with its own latent cache (LatentCache,
-// Fp8LatentCache, or a PagedLatentCache in a shared pool) and its own number of new tokens, in one
-// call. An engine that runs its own projections calls the decode engine directly
+// Fp8LatentCache, Int8LatentCache, or a PagedLatentCache in a shared pool) and its own number of
+// new tokens, in one call. An engine that runs its own projections calls the decode engine directly
 // (mla::kernels::DecodePlan / run_decode on per-sequence q_lat / q_pe and cache views); this
 // header is the layer-level helper on top of it, built only on the layer's public API:
 //

@@ -22,7 +22,8 @@
 //
 // Caches serve these paths:
 //   latent caches (R+P values/token): LatentCache<float | bf16 | double>, Fp8LatentCache (656 B per
-//     V3 token), PagedLatentCache<float | bf16 | Fp8Latent> (blocks of a LatentBlockPool)
+//     V3 token), Int8LatentCache (648 B), PagedLatentCache<float | bf16 | Fp8Latent | Int8Latent>
+//     (blocks of a LatentBlockPool)
 //                                    -> absorbed, or naive recomputing K/V from the latent each step
 //   KvCache (H*(N+P+V) values/token) -> naive with a decompressed per-head cache (what MLA avoids)
 //
@@ -143,8 +144,13 @@ class MultiHeadLatentAttention {
   Fp8LatentCache make_fp8_latent_cache(Index capacity) const {
     return Fp8LatentCache(cfg_.kv_lora_rank, cfg_.qk_rope_head_dim, capacity);
   }
+  /// 8-bit latent cache in the int8 row format (R int8 codes, one float scale and the code sum
+  /// per token, P bf16; kernels/int8_latent_rows.hpp has the error model).
+  Int8LatentCache make_int8_latent_cache(Index capacity) const {
+    return Int8LatentCache(cfg_.kv_lora_rank, cfg_.qk_rope_head_dim, capacity);
+  }
   /// A pool of `num_blocks` blocks of `block_size` latent rows of element type T (float, bf16,
-  /// Fp8Latent), shared by the PagedLatentCaches of many sequences (make_paged_cache).
+  /// Fp8Latent, Int8Latent), shared by the PagedLatentCaches of many sequences (make_paged_cache).
   template <class T = Scalar>
   LatentBlockPool<T> make_block_pool(Index num_blocks, Index block_size = kDefaultBlockSize) const {
     return LatentBlockPool<T>(cfg_.kv_lora_rank, cfg_.qk_rope_head_dim, num_blocks, block_size);
@@ -197,7 +203,7 @@ class MultiHeadLatentAttention {
   }
 
   /// Attention of the T tokens `x` [T, hidden] at `positions` [T] over a latent cache
-  /// (LatentCache, Fp8LatentCache or PagedLatentCache; see kIsLatentCache): appends their latent
+  /// (LatentCache, Fp8LatentCache, Int8LatentCache or PagedLatentCache; see kIsLatentCache): appends their latent
   /// rows, attends causally over everything cached, writes `out` [T, hidden]. Serves prefill,
   /// chunked prefill, decode and multi-token decode alike. Allocates nothing on the absorbed path
   /// once `ws` has served a call of this size. Every argument (and Options::attention_path) is
@@ -422,7 +428,8 @@ class MultiHeadLatentAttention {
                   const Cache& cache) const {
     check_input(x, positions);
     const char* name = "LatentCache";
-    if constexpr (std::is_same_v<Cache, Fp8LatentCache>) name = "Fp8LatentCache";
+    if constexpr (std::is_same_v<Cache, QuantizedLatentCache<typename Cache::Element>>)
+      name = internal::kQuantizedCacheName<typename Cache::Element>;
     if constexpr (std::is_same_v<Cache, PagedLatentCache<typename Cache::Element>>)
       name = "PagedLatentCache";
     check_latent_widths(cache.kv_lora_rank(), cache.rope_dim(), name);

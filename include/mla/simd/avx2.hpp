@@ -4,6 +4,8 @@
 // and run only where kernels::KernelPath::kAvx2 or wider was chosen.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "mla/core/bf16.hpp"
@@ -114,6 +116,20 @@ inline __m256 load8_partial(const bfloat16* p, Index n) {
   alignas(32) float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (Index i = 0; i < n; ++i) tmp[i] = bf16_to_float(p[i]);
   return _mm256_load_ps(tmp);
+}
+
+/// n bf16 values stored at `bytes` (any alignment, 2 bytes each) widened to float, 8 at a time.
+inline void widen_bf16_bytes_avx2(const std::uint8_t* bytes, Index n, float* out) {
+  Index i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 2 * i));
+    _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  }
+  for (; i < n; ++i) {
+    std::uint16_t b;
+    std::memcpy(&b, bytes + 2 * i, sizeof b);
+    out[i] = bf16_bits_to_float(b);
+  }
 }
 
 /// Values [c, cols) of one row widened to float, 8 at a time, then one by one.

@@ -37,7 +37,8 @@ only="${MLA_SANITIZE_ONLY:-}"
 cxx="${MLA_SANITIZE_CXX:-clang++}"
 
 common=(-DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Debug -DMLA_BUILD_TESTS=ON
-        -DMLA_BUILD_BENCHMARKS=OFF -DMLA_BUILD_EXAMPLES=OFF -DMLA_INSTALL=OFF -DMLA_WERROR=OFF)
+        -DMLA_BUILD_BENCHMARKS=OFF -DMLA_BUILD_EXAMPLES=OFF -DMLA_INSTALL=OFF -DMLA_WERROR=OFF
+        -DMLA_CUDA=OFF)
 
 # Every report is fatal and exits non-zero; ctest then marks the test failed.
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1:detect_invalid_pointer_pairs=0"

@@ -131,19 +131,21 @@ void with_cache(const ModelEntry& m, mla::Index tokens, Fn&& fn) {
   }
 }
 
-/// The 8-bit latent cache of an MLA model (FlashMLA's FP8 layout: c_kv as FP8 e4m3, one float
-/// scale per 128 values, k_pe in bf16), allocated for one token, as figures in the same form.
-inline CacheFigures measure_fp8(const ModelEntry& m) {
+/// An 8-bit latent cache of an MLA model, allocated for one token, as figures in the same form:
+/// T = Fp8Latent (FlashMLA's FP8 layout: c_kv as FP8 e4m3, one float scale per 128 values, k_pe
+/// in bf16) or Int8Latent (int8 c_kv, one float scale and the code sum per token, bf16 k_pe).
+template <class T>
+CacheFigures measure_8bit(const ModelEntry& m, const std::string& dtype) {
   CacheFigures f;
   f.model = m.name;
   f.attention = m.attention;
   f.cache_shape = m.cache_shape;
-  f.dtype = "fp8";
+  f.dtype = dtype;
   f.element_bytes = 1;
   f.layers = m.layers;
-  const mla::Fp8LatentCache cache(m.kv_lora, m.rope, 1);
+  const mla::QuantizedLatentCache<T> cache(m.kv_lora, m.rope, 1);
   MLA_CHECK_DATA(cache.bytes_allocated() == cache.bytes_per_token(), m.name,
-                 ": a one-token FP8 cache allocates ", cache.bytes_allocated(),
+                 ": a one-token ", dtype, " cache allocates ", cache.bytes_allocated(),
                  " bytes but reports ", cache.bytes_per_token(), " bytes per token");
   f.elements_per_token_layer = cache.row_dim();
   f.bytes_per_token_layer = static_cast<std::int64_t>(cache.bytes_per_token());
@@ -208,8 +210,9 @@ struct PublishedCheck {
 
 struct Report {
   std::vector<CacheFigures> sizes;  ///< per model: bf16 then f32 entries, model order
-  /// MLA models with the 8-bit latent cache (mla::Fp8LatentCache); GQA/MHA have no 8-bit cache.
-  std::vector<CacheFigures> fp8_sizes;
+  /// MLA models with the 8-bit latent caches (mla::Fp8LatentCache, mla::Int8LatentCache); GQA/MHA
+  /// have no 8-bit cache.
+  std::vector<CacheFigures> fp8_sizes, int8_sizes;
   std::vector<Reduction> reductions;
   std::vector<PublishedCheck> checks;
   std::vector<std::string> notes;
@@ -241,7 +244,8 @@ inline Report build_report() {
   for (const ModelEntry& m : models) {
     r.sizes.push_back(measure<mla::bfloat16>(m, "bf16"));
     r.sizes.push_back(measure<float>(m, "f32"));
-    if (m.latent) r.fp8_sizes.push_back(measure_fp8(m));
+    if (m.latent) r.fp8_sizes.push_back(measure_8bit<mla::Fp8Latent>(m, "fp8"));
+    if (m.latent) r.int8_sizes.push_back(measure_8bit<mla::Int8Latent>(m, "int8"));
   }
   for (const ModelEntry& m : models) {
     if (m.attention != "MLA") continue;
@@ -281,7 +285,8 @@ inline Report build_report() {
                       "516.1 KB", kb("Llama-3.1-405B"), 1, 516.1, " KB"});
   r.notes.push_back(
       "8-bit: MLA latent caches only (mla::Fp8LatentCache, FlashMLA's layout: 512 FP8 e4m3 c_kv "
-      "values + 4 float scales + 64 bf16 k_pe = 656 bytes for DeepSeek-V3); 'values' counts the "
+      "values + 4 float scales + 64 bf16 k_pe = 656 bytes for DeepSeek-V3; mla::Int8LatentCache: 512 "
+      "int8 c_kv codes + a float scale + an int32 code sum + 64 bf16 k_pe = 648 bytes); 'values' counts the "
       "dequantised row. The library has no 8-bit K/V cache for GQA/MHA. FP16 has the size of "
       "BF16.");
   r.notes.push_back(
@@ -450,6 +455,10 @@ inline std::string render(const Report& r, Format format, const std::string& sec
            << (md ? "" : " ==") << "\n\n";
         table(size_rows(r.fp8_sizes, "fp8", false));
         os << '\n';
+        os << h << "MLA latent cache per token, 8-bit (int8 c_kv + scale and code sum + bf16 k_pe)"
+           << (md ? "" : " ==") << "\n\n";
+        table(size_rows(r.int8_sizes, "int8", false));
+        os << '\n';
       }
       if (all || section == "reductions") {
         os << h << "Cache reduction of MLA against GQA/MHA (any element type)"
@@ -472,6 +481,7 @@ inline std::string render(const Report& r, Format format, const std::string& sec
       if (all || section == "sizes") {
         std::vector<CacheFigures> every = r.sizes;
         every.insert(every.end(), r.fp8_sizes.begin(), r.fp8_sizes.end());
+        every.insert(every.end(), r.int8_sizes.begin(), r.int8_sizes.end());
         csv_table(os, size_rows(every, "", true));
       }
       if (all) os << '\n';
@@ -487,6 +497,7 @@ inline std::string render(const Report& r, Format format, const std::string& sec
         auto& arr = j["sizes"] = nlohmann::ordered_json::array();
         std::vector<CacheFigures> every = r.sizes;
         every.insert(every.end(), r.fp8_sizes.begin(), r.fp8_sizes.end());
+        every.insert(every.end(), r.int8_sizes.begin(), r.int8_sizes.end());
         for (const CacheFigures& f : every)
           arr.push_back({{"model", f.model},
                          {"attention", f.attention},

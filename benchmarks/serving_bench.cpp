@@ -28,7 +28,9 @@
 //     speedup_vs_separate    separate / batched: what scheduling the batch as one call gains
 //     speedup_vs_contiguous  contiguous / batched: paging and batching together
 //     cached_tokens      sum of the B lengths
-//   type: f32, bf16, fp8 (FlashMLA's 656-byte FP8 row: e4m3 c_kv, 4 float scales, bf16 k_pe).
+//   type: f32, bf16, fp8 (FlashMLA's 656-byte FP8 row: e4m3 c_kv, 4 float scales, bf16 k_pe),
+//         int8 (648-byte row: int8 c_kv, a float scale and the code sum, bf16 k_pe; c_kv scores on
+//         AVX512-VNNI where the CPU has it). Not run unless asked (--types=...,int8).
 //   Lengths for B > 1: sequence 0 holds 16384 tokens (the long one that must not leave threads
 //   idle), the others are log-uniform in [256, 8192] from a fixed seed; B = 1 holds 4096.
 //
@@ -38,7 +40,7 @@
 // paged FP8 cache (and a bf16 one), prefill of half the tokens then one at a time;
 // max |y_cache - y_float| / max |y_float| per case.
 //
-// Flags: --lengths=4096,16384 --batches=1,4,16,64 --threads=1,2 --types=f32,bf16,fp8
+// Flags: --lengths=4096,16384 --batches=1,4,16,64 --threads=1,2 --types=f32,bf16,fp8,int8
 // --parts=paging,batched --reference-dir=DIR, plus Google Benchmark's (--benchmark_filter,
 // --benchmark_out=FILE --benchmark_out_format=json, --benchmark_min_time=...). Every iteration
 // is one paired sample, so on a shared machine give it time: --benchmark_min_time=5 gives
@@ -76,9 +78,15 @@ namespace {
 using mla::Index;
 using Clock = std::chrono::steady_clock;
 
-enum class CacheType { kF32, kBf16, kFp8 };
+enum class CacheType { kF32, kBf16, kFp8, kInt8 };
 const char* name_of(CacheType t) {
-  return t == CacheType::kF32 ? "f32" : t == CacheType::kBf16 ? "bf16" : "fp8";
+  switch (t) {
+    case CacheType::kF32: return "f32";
+    case CacheType::kBf16: return "bf16";
+    case CacheType::kFp8: return "fp8";
+    case CacheType::kInt8: return "int8";
+  }
+  return "";
 }
 
 const mla::MlaConfig& v3() {
@@ -132,15 +140,15 @@ std::unique_ptr<mla::LatentBlockPool<T>> scattered_pool(Index blocks, std::uint6
   return pool;
 }
 
-/// The contiguous cache type of an element type (fp8: Fp8LatentCache).
+template <class T>
+inline constexpr bool kQuantized =
+    std::is_same_v<T, mla::Fp8Latent> || std::is_same_v<T, mla::Int8Latent>;
+
+/// The contiguous cache type of an element type (8-bit: QuantizedLatentCache).
 template <class T>
 struct Contiguous {
-  using type = mla::LatentCache<T>;
-  static type make(Index L) { return type(v3().kv_lora_rank, v3().qk_rope_head_dim, L); }
-};
-template <>
-struct Contiguous<mla::Fp8Latent> {
-  using type = mla::Fp8LatentCache;
+  using type =
+      std::conditional_t<kQuantized<T>, mla::QuantizedLatentCache<T>, mla::LatentCache<T>>;
   static type make(Index L) { return type(v3().kv_lora_rank, v3().qk_rope_head_dim, L); }
 };
 
@@ -157,14 +165,14 @@ struct Query {
   std::vector<float> q_lat, q_pe, o_lat;
 };
 
-/// One contiguous decode through the public kernel (fp8: the driver on the contiguous view).
+/// One contiguous decode through the public kernel (8-bit: the engine on the contiguous view).
 template <class T>
 void contiguous_decode(const typename Contiguous<T>::type& cache, Query& q,
                        mla::kernels::DecodeWorkspace& kws,
                        mla::kernels::DecodeWorkspace& bws, mla::ThreadPool* pool) {
   const float scale = float(v3().softmax_scale());
   const Index H = v3().num_attention_heads;
-  if constexpr (std::is_same_v<T, mla::Fp8Latent>) {
+  if constexpr (kQuantized<T>) {
     (void)kws;
     mla::kernels::paged_absorbed_attention(1, H, q.q_lat.data(), q.q_pe.data(),
                                            mla::latent_rows(cache), scale, q.o_lat.data(), nullptr,
@@ -251,6 +259,7 @@ std::unique_ptr<PagingFixtureBase> make_paging(CacheType t, Index L) {
     case CacheType::kF32: return std::make_unique<PagingFixture<float>>(L);
     case CacheType::kBf16: return std::make_unique<PagingFixture<mla::bfloat16>>(L);
     case CacheType::kFp8: return std::make_unique<PagingFixture<mla::Fp8Latent>>(L);
+    case CacheType::kInt8: return std::make_unique<PagingFixture<mla::Int8Latent>>(L);
   }
   return nullptr;
 }
@@ -365,6 +374,7 @@ std::unique_ptr<BatchedFixtureBase> make_batched(CacheType t, Index B) {
     case CacheType::kF32: return std::make_unique<BatchedFixture<float>>(B);
     case CacheType::kBf16: return std::make_unique<BatchedFixture<mla::bfloat16>>(B);
     case CacheType::kFp8: return std::make_unique<BatchedFixture<mla::Fp8Latent>>(B);
+    case CacheType::kInt8: return std::make_unique<BatchedFixture<mla::Int8Latent>>(B);
   }
   return nullptr;
 }
@@ -497,7 +507,7 @@ bool parse_ints(const std::string& s, std::vector<long long>& out) {
 
 void usage() {
   std::cout << "usage: serving_bench [--lengths=4096,16384] [--batches=1,4,16,64]\n"
-               "                     [--threads=1,2] [--types=f32,bf16,fp8]\n"
+               "                     [--threads=1,2] [--types=f32,bf16,fp8,int8]\n"
                "                     [--parts=paging,batched] [--reference-dir=DIR]\n"
                "                     [Google Benchmark flags]\n"
                "Names: paging/<type>/L:<n>/threads:<n>, batched/<type>/B:<n>/threads:<n>;\n"
@@ -537,6 +547,7 @@ int main(int argc, char** argv) {
         if (item == "f32") types.push_back(CacheType::kF32);
         else if (item == "bf16") types.push_back(CacheType::kBf16);
         else if (item == "fp8") types.push_back(CacheType::kFp8);
+        else if (item == "int8") types.push_back(CacheType::kInt8);
         else ok = false;
       }
       ok = ok && !types.empty();

@@ -110,6 +110,20 @@ TEST(KvCacheReport, ReportsTheFp8LatentCacheFromAllocatedCaches) {
   }
 }
 
+TEST(KvCacheReport, ReportsTheInt8LatentCacheFromAllocatedCaches) {
+  const Report r = build_report();
+  ASSERT_EQ(r.int8_sizes.size(), 3u);  // the three MLA models
+  for (const CacheFigures& f : r.int8_sizes) {
+    SCOPED_TRACE(f.model);
+    EXPECT_EQ(f.dtype, "int8");
+    EXPECT_EQ(f.elements_per_token_layer, 576);
+    // 512 int8 codes + a float scale + an int32 code sum + 64 bf16 rope values.
+    EXPECT_EQ(f.bytes_per_token_layer, 512 + 4 + 4 + 64 * 2);
+    EXPECT_EQ(f.bytes_per_token_model, 648 * f.layers);
+    EXPECT_LE(f.bytes_per_token_layer, 656);  // no larger than the FP8 row
+  }
+}
+
 TEST(KvCacheReport, ReproducesThePublishedFigures) {
   const Report r = build_report();
   // DeepSeek-V3: 512 + 64 = 576 values; Qwen2.5-72B: 8 KV heads x 128 x 2 = 2048 values.
@@ -142,15 +156,21 @@ TEST(KvCacheReport, ReproducesThePublishedFigures) {
 TEST(KvCacheReport, MachineFormats) {
   const Report r = build_report();
   const auto j = nlohmann::json::parse(render(r, Format::kJson));
-  ASSERT_EQ(j.at("sizes").size(), 23u);  // 10 models x {bf16, f32} + 3 MLA models x fp8
-  bool found = false;
-  for (const auto& s : j.at("sizes"))
+  ASSERT_EQ(j.at("sizes").size(), 26u);  // 10 models x {bf16, f32} + 3 MLA models x {fp8, int8}
+  bool found = false, found_int8 = false;
+  for (const auto& s : j.at("sizes")) {
     if (s.at("model") == "DeepSeek-V3" && s.at("dtype") == "bf16") {
       found = true;
       EXPECT_EQ(s.at("bytes_per_token_all_layers").get<std::int64_t>(), 70272);
       EXPECT_EQ(s.at("elements_per_token_layer").get<std::int64_t>(), 576);
     }
+    if (s.at("model") == "DeepSeek-V3" && s.at("dtype") == "int8") {
+      found_int8 = true;
+      EXPECT_EQ(s.at("bytes_per_token_all_layers").get<std::int64_t>(), 648 * 61);
+    }
+  }
   EXPECT_TRUE(found);
+  EXPECT_TRUE(found_int8);
   EXPECT_EQ(j.at("reductions").size(), 21u);
   for (const auto& c : j.at("published_checks")) EXPECT_TRUE(c.at("match").get<bool>());
 
@@ -161,7 +181,7 @@ TEST(KvCacheReport, MachineFormats) {
   std::getline(csv, line);
   EXPECT_EQ(line.rfind("Model,Attention,Layers,", 0), 0u) << line;
   while (std::getline(csv, line)) ++lines;
-  EXPECT_EQ(lines, 23);  // 20 bf16/f32 rows + 3 fp8 rows
+  EXPECT_EQ(lines, 26);  // 20 bf16/f32 rows + 3 fp8 rows + 3 int8 rows
 
   EXPECT_EQ(mla_bench::kv::parse_format("csv"), Format::kCsv);
   EXPECT_EQ(mla_bench::kv::parse_format("markdown"), Format::kMarkdown);

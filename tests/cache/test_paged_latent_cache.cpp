@@ -22,6 +22,7 @@
 #include "mla/kernels/decode_engine.hpp"
 #include "mla/reference/attention.hpp"
 
+#include "support/compare.hpp"
 #include "support/blockwise_absorbed.hpp"
 #include "support/alloc_counter.hpp"
 
@@ -219,15 +220,7 @@ struct PagedFixture {
   std::vector<float> rows, q_lat, q_pe;
 };
 
-float rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  float e = 0.0f, m = 0.0f;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    e = std::max(e, std::abs(a[i] - b[i]));
-    m = std::max(m, std::abs(b[i]));
-  }
-  return e / std::max(m, 1e-30f);
-}
+using testing::rel_err;
 
 template <class T>
 void check_paged(const Case& c, float scale, ThreadPool* pool2, unsigned seed) {

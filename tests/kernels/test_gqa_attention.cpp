@@ -20,6 +20,7 @@
 #include "mla/core/threading.hpp"
 #include "mla/reference/attention.hpp"
 
+#include "support/compare.hpp"
 #include "support/alloc_counter.hpp"
 
 namespace {
@@ -71,15 +72,7 @@ Inputs make_inputs(Index q_len, Index heads, Index kv_heads, Index head_dim, Ind
   return in;
 }
 
-float rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  float e = 0.0f, m = 0.0f;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    e = std::max(e, std::abs(a[i] - b[i]));
-    m = std::max(m, std::abs(b[i]));
-  }
-  return e / std::max(m, 1e-30f);
-}
+using mla::testing::rel_err;
 
 template <class T>
 struct Cache;

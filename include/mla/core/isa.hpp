@@ -70,6 +70,7 @@ struct CpuFeatures {
   bool avx2_fma = false;  // AVX2 + FMA, YMM state saved by the OS
   bool avx512 = false;    // AVX-512 F/BW/DQ/VL (+ AVX2/FMA), opmask and ZMM state saved
   bool avx512_bf16 = false;  // AVX512-BF16 (vdpbf16ps) on top of the AVX-512 sets
+  bool avx512_vnni = false;  // AVX512-VNNI (vpdpbusd) on top of the AVX-512 sets
   bool amx = false;       // AMX-TILE + AMX-BF16 + AVX512-BF16 (+ the AVX-512 sets), tile state
                           // enabled by the OS (the per-process grant is asked for separately)
 };
@@ -118,7 +119,7 @@ inline CpuFeatures detect_cpu_features() {
   const bool os_zmm = (xcr & 0xE6u) == 0xE6u;
   const bool os_tiles = (xcr & 0x60000u) == 0x60000u;
   cpuid(7, 0, r);
-  const unsigned max_sub7 = r[0], ebx7 = r[1], edx7 = r[3];
+  const unsigned max_sub7 = r[0], ebx7 = r[1], ecx7 = r[2], edx7 = r[3];
   const bool avx2 = (ebx7 >> 5) & 1u;
   const bool avx512 = ((ebx7 >> 16) & 1u) && ((ebx7 >> 17) & 1u) &&  // F, DQ
                       ((ebx7 >> 30) & 1u) && ((ebx7 >> 31) & 1u);     // BW, VL
@@ -131,6 +132,7 @@ inline CpuFeatures detect_cpu_features() {
   f.avx2_fma = avx2 && fma && os_ymm;
   f.avx512 = f.avx2_fma && avx512 && os_zmm;
   f.avx512_bf16 = f.avx512 && avx512_bf16;
+  f.avx512_vnni = f.avx512 && ((ecx7 >> 11) & 1u);
   f.amx = f.avx512_bf16 && amx_tile && amx_bf16 && os_tiles;
 #endif
   return f;

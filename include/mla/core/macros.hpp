@@ -59,6 +59,10 @@
 #define MLA_TARGET_AVX2_BEGIN MLA_TARGET_BEGIN("avx2,fma")
 /// AVX-512 F/BW/DQ/VL, with AVX2 + FMA (KernelPath::kAvx512; the x86-64-v4 vector sets).
 #define MLA_TARGET_AVX512_BEGIN MLA_TARGET_BEGIN("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")
+/// The AVX-512 sets plus AVX512-VNNI (vpdpbusd), for the int8 products on the AVX-512 path when
+/// the CPU has them (cpu_features().avx512_vnni).
+#define MLA_TARGET_AVX512_VNNI_BEGIN \
+  MLA_TARGET_BEGIN("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
 /// The AVX-512 sets plus AVX512-BF16 and the AMX tile unit with its bf16 products
 /// (KernelPath::kAmx).
 #define MLA_TARGET_AMX_BEGIN \

@@ -47,6 +47,7 @@
 #include "mla/core/types.hpp"
 #include "mla/kernels/decode_common.hpp"
 #include "mla/kernels/gqa_tiles.hpp"
+#include "mla/kernels/int8_tiles.hpp"
 #include "mla/kernels/latent_rows.hpp"
 #include "mla/kernels/mla_tiles.hpp"
 
@@ -124,10 +125,12 @@ struct DecodePiece {
 };
 
 /// Floats of a packed query of `rows` rows (<= kMlaRowsPerPass) of width K, for the float tiles
-/// and, where the CPU could run it, the AMX form.
+/// and, where the CPU could run them, the AMX form or the int8 scores (the int8 query follows
+/// the float panels; int8_tiles.hpp).
 inline Index decode_query_floats(Index rows, Index k_dim) {
   Index n = round_up(rows, kMlaPanel) * k_dim;
   if (kernels::path_available(kernels::KernelPath::kAmx)) n = std::max(n, amx_query_floats(rows, k_dim));
+  if (cpu_features().avx512_vnni) n += Int8Query::floats(rows, round_up(k_dim, 4));
   return n;
 }
 
@@ -555,10 +558,29 @@ const float* tile_rows(const typename LatentRowCodec<T>::Unit* src, Index src_st
 
 /// Packs a unit's query rows [m0, m0 + mc): [q_lat | q_pe] * scale * log2 e, in 16-row panels
 /// for the float tiles or in bf16 tiles for the AMX form.
-template <bool kAmxForm, class T>
+/// Whether a run over rows of type T on the tile operations Ops takes the int8 scores.
+template <class Ops, class T>
+bool uses_int8_scores(Index kv_lora_rank) {
+#if MLA_X86_SIMD
+  if constexpr (std::is_same_v<T, Int8Latent> && std::is_base_of_v<MlaAvx512Ops, Ops>)
+    return int8_scores_available(kv_lora_rank);
+#endif
+  (void)kv_lora_rank;
+  return false;
+}
+
+/// Where a unit's int8 query lives in its packed query (after the float panels).
+inline Int8Query int8_query_of(float* packed, Index rows, Index kv_lora, Index rope) {
+  return Int8Query::at(packed + round_up(rows, kMlaPanel) * (kv_lora + rope), rows, kv_lora);
+}
+
+template <bool kAmxForm, bool kInt8, class T>
 void pack_unit_query(const kernels::DecodeSequence<T>& seq, const DecodeUnit& u,
                      float softmax_scale, float* packed) {
   const Index R = seq.cache.kv_lora_rank, P = seq.cache.rope_dim;
+  if constexpr (kInt8)
+    int8_pack_query(seq.q_lat + u.m0 * R, u.mc, R, softmax_scale * kLog2e,
+                    int8_query_of(packed, u.mc, R, P));
   if constexpr (kAmxForm) {
 #if MLA_X86_SIMD
     amx_pack_query(seq.q_lat + u.m0 * R, seq.q_pe + u.m0 * P, u.mc, R, P, softmax_scale * kLog2e,
@@ -593,6 +615,7 @@ void run_decode_piece(const kernels::DecodeSequence<T>& seq, Index num_heads, co
 #endif
     return;
   }
+  const bool int8_scores = uses_int8_scores<Ops, T>(R);
   std::fill(o, o + mc * o_stride, 0.0f);
   std::fill(run_max, run_max + mc16, -std::numeric_limits<float>::infinity());
   std::fill(run_sum, run_sum + mc16, 0.0f);
@@ -604,7 +627,22 @@ void run_decode_piece(const kernels::DecodeSequence<T>& seq, Index num_heads, co
       Index stride = 0;
       const float* rows = tile_rows<Ops, T>(run + t0 * view.row_stride, view.row_stride, tn, R,
                                             view.rope_dim, sc.wide, stride);
-      Ops::scores(qp, mc16 / kMlaPanel, K, rows, stride, tn, sc.st, mc16);
+      if (int8_scores) {
+#if MLA_X86_SIMD
+        // The c_kv part on the integer codes, the RoPE part in float from the dequantised tile.
+        const Int8LatentLayout layout{R, view.rope_dim};
+        int8_scores_vnni(int8_query_of(const_cast<float*>(qp), mc, R, view.rope_dim),
+                         mc16 / kMlaPanel, reinterpret_cast<const std::uint8_t*>(run) + t0 * view.row_stride,
+                         view.row_stride, tn, layout, sc.st, mc16);
+        for (Index p = 0; p < mc16 / kMlaPanel; p += MlaAvx512Ops::kMaxPanels)
+          MlaAvx512Ops::scores_group<true>(
+              std::min<Index>(MlaAvx512Ops::kMaxPanels, mc16 / kMlaPanel - p),
+              qp + p * kMlaPanel * K + R * kMlaPanel, kMlaPanel * K, rows + R, stride,
+              view.rope_dim, tn, sc.st + p * kMlaPanel, mc16);
+#endif
+      } else {
+        Ops::scores(qp, mc16 / kMlaPanel, K, rows, stride, tn, sc.st, mc16);
+      }
       const Index g0 = j + t0;  // the tile's first row, as a row index of the sequence
       mask_hidden_rows(sc.st, mc16, g0, tn, mc, u.m0, num_heads, first_masked);
       Ops::softmax(sc.st, mc16, tn, mc16, run_max, run_sum, sc.alpha);
@@ -688,10 +726,15 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
   auto body = [&](auto amx_form) {
     constexpr bool kAmx = decltype(amx_form)::value;
     using RunOps = std::conditional_t<kAmx, Ops, typename FloatTilesOf<Ops>::type>;
+    const bool int8 = uses_int8_scores<RunOps, T>(R);
     // 1. The queries of the units cut into pieces, packed once for all their pieces.
     parallel_for(pool, num_split, [&](Index i, int) {
       const DecodeUnit& u = units[split_units[i]];
-      pack_unit_query<kAmx>(seqs[u.seq], u, softmax_scale, base + u.q_packed);
+      if (int8) {
+        pack_unit_query<kAmx, true>(seqs[u.seq], u, softmax_scale, base + u.q_packed);
+      } else {
+        pack_unit_query<kAmx, false>(seqs[u.seq], u, softmax_scale, base + u.q_packed);
+      }
     });
     // 2. The parts; each runs its pieces in order on one thread.
     parallel_for(pool, plan.num_parts(), [&](Index part, int thread) {
@@ -703,7 +746,11 @@ void run_decode_with(const kernels::DecodePlan& plan, const kernels::DecodeSeque
         const DecodeUnit& u = units[piece.unit];
         const kernels::DecodeSequence<T>& s = seqs[u.seq];
         if (u.num_pieces == 1) {
-          pack_unit_query<kAmx>(s, u, softmax_scale, sc.q_packed);
+          if (int8) {
+            pack_unit_query<kAmx, true>(s, u, softmax_scale, sc.q_packed);
+          } else {
+            pack_unit_query<kAmx, false>(s, u, softmax_scale, sc.q_packed);
+          }
           run_decode_piece<RunOps>(s, H, u, piece.j0, piece.j1, sc.q_packed, o_stride, sc.o,
                                    sc.run_max, sc.run_sum, sc);
           finish_whole_unit(u, sc.o, sc.run_max, sc.run_sum, o_stride, R, mla_rows);

@@ -21,8 +21,11 @@
 // signal. The outputs are softmax-weighted means of the dequantised rows, so their error stays
 // at the scale of one row's rounding (about amax / 254 / sqrt(3) per value, less after the
 // averaging) as long as the scores' errors are small against 1 (in log2 units after the softmax
-// scale). A row holding inf or NaN stores a NaN scale and decodes to NaN, as the FP8 format does.
-// Measured errors against the float cache are in docs/benchmarks.md.
+// scale). Where the c_kv scores run on integer products (AVX512-VNNI, kernels/int8_tiles.hpp)
+// the query row is rounded to int8 the same way (step max|q| / 127), which adds a score error of
+// the same size: about sqrt(2) times the float-score error. The AVX2 and portable paths score
+// the dequantised rows in float. A row holding inf or NaN stores a NaN scale and decodes to NaN,
+// as the FP8 format does. Measured errors against the float cache are in docs/benchmarks.md.
 #pragma once
 
 #include <algorithm>

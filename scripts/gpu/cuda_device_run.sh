@@ -18,6 +18,10 @@ SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 timeout 200 "$SAN" --tool memcheck --error-exitcode 3 "$B/test_cuda_decode" \
   --gtest_filter='*ForcedSplits*:*OnePart*:*Fp8EveryQLen*' > "$OUT/memcheck.log" 2>&1
 echo "memcheck rc=$?"; tail -5 "$OUT/memcheck.log"
+echo "== racecheck (shared-memory hazards, one small case)"
+timeout 150 "$SAN" --tool racecheck --racecheck-report hazard --error-exitcode 3 "$B/test_cuda_decode" \
+  --gtest_filter='*OnePart*' > "$OUT/racecheck.log" 2>&1
+echo "racecheck rc=$?"; grep -E "RACECHECK SUMMARY|hazard|ERROR SUMMARY" "$OUT/racecheck.log" | head -5
 echo "== bench"
 timeout 240 "$B/cuda_decode_bench" --json "$OUT/cuda_decode_bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
 echo "bench rc=$?"

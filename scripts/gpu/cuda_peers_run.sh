@@ -15,7 +15,7 @@ T0=$(date +%s); el() { echo "$(( $(date +%s) - T0 )) s"; }
   echo "build rc=$? after $(( $(date +%s) - T0 )) s" >> "$OUT/flashmla_build.log" ) &
 BPID=$!
 OUT=$OUT bash scripts/gpu/cuda_device_run.sh "$B" --batches 1 --lens 4096 --iters 3 > "$OUT/ours_tests.txt" 2>&1
-grep -E "tests rc|memcheck rc|FAILED|ERROR SUMMARY|fp8 cache" "$OUT/ours_tests.txt"; echo "tests+memcheck done at $(el)"
+grep -E "tests rc|memcheck rc|racecheck rc|RACECHECK|FAILED|ERROR SUMMARY|fp8 cache" "$OUT/ours_tests.txt"; echo "tests+memcheck done at $(el)"
 wait $BPID; tail -1 "$OUT/flashmla_build.log"
 echo "== bench (quiet machine)"
 timeout 200 "$B/cuda_decode_bench" --iters 30 --json "$OUT/cuda_decode_bench.json" > "$OUT/bench.log" 2>&1
